@@ -1,0 +1,242 @@
+"""The checkpoints segfpn knows by name: where they live, how to check them, what they score.
+
+Each :class:`KnownCheckpoint` carries what torchvision's weights enums carry (url, categories,
+metrics) plus what a download needs to be verified: the hash prefix the publisher put in the file
+name. torchvision names its files ``<model>_coco-<first 8 hex of the sha256>.pth``; detectron2 names
+its files ``model_final_<first 6 hex of the md5>.pkl``.
+
+Only published facts are stored. Where a fact is not published (the exact byte size of every file
+here), the field is ``None``.
+
+    >>> from segfpn.checkpoints.catalogue import find, default_checkpoint
+    >>> find("panoptic_fpn_R_50_3x").metrics["pq"]
+    41.5
+    >>> default_checkpoint().name
+    'panoptic_fpn_R_101_3x'
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal, Mapping
+
+from segfpn.config import ARCHITECTURES
+
+CheckpointFormat = Literal["torchvision", "detectron2"]
+CategoriesKind = Literal["coco_instances_torchvision", "coco_instances", "coco_panoptic"]
+
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+@dataclass(frozen=True, kw_only=True)
+class KnownCheckpoint:
+    """One published checkpoint.
+
+    ``name``: the catalogue key (detectron2's config name without ``.yaml``, torchvision's
+    builder name). ``arch``: a key of :data:`segfpn.config.ARCHITECTURES`.
+    ``format``: how the file is laid out ("torchvision" state-dict ``.pth``, "detectron2" pickle).
+    ``file_name``: the name of the file on the publisher's server and in ``weights/``.
+    ``size_bytes``: exact size when published, else ``None``. ``approx_size_mb``: the rounded
+    size the publisher lists, for display only. ``sha256_prefix`` / ``md5_prefix``: exactly one
+    is set; the downloaded file's digest must start with it.
+    ``categories``: which label space the class indices refer to:
+    "coco_instances_torchvision" (91 ids with "N/A" gaps, background first),
+    "coco_instances" (80 contiguous thing classes), "coco_panoptic" (80 things + 53 stuff).
+    ``metrics``: as published, on COCO val2017: "box_ap", "mask_ap" and for panoptic models "pq".
+    ``source_url``: the page the facts were copied from.
+    """
+
+    name: str
+    arch: str
+    format: CheckpointFormat
+    url: str
+    file_name: str
+    categories: CategoriesKind
+    metrics: Mapping[str, float] = field(default_factory=dict, hash=False)
+    source_url: str
+    size_bytes: int | None = None
+    approx_size_mb: float | None = None
+    sha256_prefix: str | None = None
+    md5_prefix: str | None = None
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"checkpoint {self.name!r}: arch {self.arch!r} is not one of "
+                             f"{sorted(ARCHITECTURES)}")
+        if (self.sha256_prefix is None) == (self.md5_prefix is None):
+            raise ValueError(f"checkpoint {self.name!r}: set exactly one of sha256_prefix and "
+                             f"md5_prefix")
+        prefix = self.hash_prefix
+        if not _HEX.fullmatch(prefix):
+            raise ValueError(f"checkpoint {self.name!r}: hash prefix {prefix!r} must be "
+                             f"lowercase hex")
+        object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
+
+    @property
+    def hash_algorithm(self) -> Literal["sha256", "md5"]:
+        """The hashlib name of the digest the prefix belongs to."""
+        return "sha256" if self.sha256_prefix is not None else "md5"
+
+    @property
+    def hash_prefix(self) -> str:
+        """The leading hex digits the file's digest must start with."""
+        return self.sha256_prefix if self.sha256_prefix is not None else self.md5_prefix
+
+    @property
+    def is_panoptic(self) -> bool:
+        return self.categories == "coco_panoptic"
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision. Source: torchvision 0.29.1 `torchvision/models/detection/mask_rcnn.py`
+# (MaskRCNN_ResNet50_FPN_Weights.COCO_V1, MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1): url,
+# meta["_metrics"]["COCO-val2017"]["box_map"/"mask_map"], meta["_file_size"] (the size in MB
+# rendered as "File size" in the torchvision model docs). torchvision publishes no exact byte
+# count, so size_bytes stays None. The v2 weights were added in pytorch/vision PR #5773.
+
+_TORCHVISION_DOCS = ("https://docs.pytorch.org/vision/stable/models/generated/"
+                     "torchvision.models.detection.")
+
+_TORCHVISION = (
+    KnownCheckpoint(
+        name="maskrcnn_resnet50_fpn",
+        arch="maskrcnn_resnet50_fpn",
+        format="torchvision",
+        url="https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
+        file_name="maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
+        categories="coco_instances_torchvision",
+        metrics={"box_ap": 37.9, "mask_ap": 34.6},
+        source_url=_TORCHVISION_DOCS + "maskrcnn_resnet50_fpn.html",
+        approx_size_mb=169.84,
+        sha256_prefix="bf2d0c1e",
+        notes="torchvision MaskRCNN_ResNet50_FPN_Weights.COCO_V1 (the paper's recipe).",
+    ),
+    KnownCheckpoint(
+        name="maskrcnn_resnet50_fpn_v2",
+        arch="maskrcnn_resnet50_fpn_v2",
+        format="torchvision",
+        url="https://download.pytorch.org/models/maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
+        file_name="maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
+        categories="coco_instances_torchvision",
+        metrics={"box_ap": 47.4, "mask_ap": 41.8},
+        source_url=_TORCHVISION_DOCS + "maskrcnn_resnet50_fpn_v2.html",
+        approx_size_mb=177.219,
+        sha256_prefix="73cbd019",
+        notes="torchvision MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1 (improved recipe, "
+              "pytorch/vision#5773).",
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# detectron2. Source: detectron2 MODEL_ZOO.md at commit 02b5c4e295e990042a714712c21dc79b731e8833
+# (copied into /work/shared/fixtures/d2_model_zoo.md): url, model id, box AP / mask AP / PQ. The six
+# hex digits of model_final_<md5>.pkl are the start of the file's md5. No file sizes are published.
+# The LSJ "new_baselines" are left out on purpose: their key layout (SyncBN, 4conv1fc box head)
+# matches none of our ARCHITECTURES.
+
+_D2_ZOO = "https://github.com/facebookresearch/detectron2/blob/main/MODEL_ZOO.md"
+_D2_BASE = "https://dl.fbaipublicfiles.com/detectron2"
+
+
+def _detectron2(config: str, *, folder: str, model_id: int, md5_prefix: str, arch: str,
+                metrics: dict[str, float]) -> KnownCheckpoint:
+    """An entry of the detectron2 model zoo, built from its table row."""
+    file_name = f"model_final_{md5_prefix}.pkl"
+    panoptic = folder == "COCO-PanopticSegmentation"
+    return KnownCheckpoint(
+        name=config,
+        arch=arch,
+        format="detectron2",
+        url=f"{_D2_BASE}/{folder}/{config}/{model_id}/{file_name}",
+        file_name=file_name,
+        categories="coco_panoptic" if panoptic else "coco_instances",
+        metrics=metrics,
+        source_url=_D2_ZOO,
+        md5_prefix=md5_prefix,
+        notes=f"detectron2 configs/{folder}/{config}.yaml, model id {model_id}.",
+    )
+
+
+_DETECTRON2 = (
+    _detectron2("panoptic_fpn_R_50_1x", folder="COCO-PanopticSegmentation", model_id=139514544,
+                md5_prefix="dbfeb4", arch="panoptic_fpn_R_50",
+                metrics={"box_ap": 37.6, "mask_ap": 34.7, "pq": 39.4}),
+    _detectron2("panoptic_fpn_R_50_3x", folder="COCO-PanopticSegmentation", model_id=139514569,
+                md5_prefix="c10459", arch="panoptic_fpn_R_50",
+                metrics={"box_ap": 40.0, "mask_ap": 36.5, "pq": 41.5}),
+    _detectron2("panoptic_fpn_R_101_3x", folder="COCO-PanopticSegmentation", model_id=139514519,
+                md5_prefix="cafdb1", arch="panoptic_fpn_R_101",
+                metrics={"box_ap": 42.4, "mask_ap": 38.5, "pq": 43.0}),
+    _detectron2("mask_rcnn_R_50_FPN_1x", folder="COCO-InstanceSegmentation", model_id=137260431,
+                md5_prefix="a54504", arch="mask_rcnn_R_50_FPN",
+                metrics={"box_ap": 38.6, "mask_ap": 35.2}),
+    _detectron2("mask_rcnn_R_50_FPN_3x", folder="COCO-InstanceSegmentation", model_id=137849600,
+                md5_prefix="f10217", arch="mask_rcnn_R_50_FPN",
+                metrics={"box_ap": 41.0, "mask_ap": 37.2}),
+    _detectron2("mask_rcnn_R_101_FPN_3x", folder="COCO-InstanceSegmentation", model_id=138205316,
+                md5_prefix="a3ec72", arch="mask_rcnn_R_101_FPN",
+                metrics={"box_ap": 42.9, "mask_ap": 38.6}),
+)
+
+#: Every known checkpoint by name, in display order (torchvision first, then detectron2).
+CHECKPOINTS: Mapping[str, KnownCheckpoint] = MappingProxyType(
+    {c.name: c for c in (*_TORCHVISION, *_DETECTRON2)})
+
+
+class UnknownCheckpointError(KeyError):
+    """Raised by :func:`find` for a name that is not in the catalogue.
+
+    A :class:`KeyError` (so ``except KeyError`` works) whose message prints without the quotes
+    that :class:`KeyError` adds.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def names() -> list[str]:
+    """The known checkpoint names, in display order."""
+    return list(CHECKPOINTS)
+
+
+def find(name: str) -> KnownCheckpoint:
+    """The checkpoint called ``name`` (a catalogue name, or a detectron2 config file name).
+
+    ``"panoptic_fpn_R_50_3x.yaml"`` and the published file name (``"model_final_c10459.pkl"``)
+    are accepted too. Raises :class:`UnknownCheckpointError` listing the known names and the
+    closest match for anything else.
+    """
+    key = name.strip()
+    if key.endswith(".yaml"):
+        key = key[: -len(".yaml")]
+    if key in CHECKPOINTS:
+        return CHECKPOINTS[key]
+    by_file = find_by_file_name(key)
+    if by_file is not None:
+        return by_file
+    close = difflib.get_close_matches(key, list(CHECKPOINTS), n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise UnknownCheckpointError(
+        f"unknown checkpoint {name!r}.{hint} Known checkpoints: {', '.join(CHECKPOINTS)}. "
+        f"To use a file of your own, see weights/README.md.")
+
+
+def find_by_file_name(file_name: str) -> KnownCheckpoint | None:
+    """The checkpoint whose published file is called ``file_name`` (a base name), or ``None``."""
+    for checkpoint in CHECKPOINTS.values():
+        if checkpoint.file_name == file_name:
+            return checkpoint
+    return None
+
+
+def default_checkpoint() -> KnownCheckpoint:
+    """The checkpoint the app uses by default: the panoptic one with the highest published PQ."""
+    panoptic = [c for c in CHECKPOINTS.values() if c.is_panoptic and "pq" in c.metrics]
+    if not panoptic:
+        raise LookupError("the catalogue holds no panoptic checkpoint with a published PQ")
+    return max(panoptic, key=lambda c: c.metrics["pq"])

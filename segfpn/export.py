@@ -1,0 +1,204 @@
+"""Results in COCO file formats: detection results JSON (RLE masks) and panoptic PNG + JSON.
+
+Used by the app (downloads), ``segfpn predict`` and :mod:`segfpn.evaluation`. Everything here is
+numpy in, plain Python / numpy out; no torch.
+
+Formats (https://cocodataset.org/#format-results):
+
+* detection result: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score",
+  "segmentation": {"size": [H, W], "counts": str}}`` with the box in continuous pixel coordinates
+  and the mask as compressed RLE;
+* panoptic PNG: RGB uint8, segment id = R + 256 * G + 256**2 * B, id 0 = void; the JSON annotation
+  lists ``segments_info`` (``id``, ``category_id``, ``iscrowd``, ``area``, ``bbox`` [x, y, w, h]
+  of the pixels, so a one-pixel segment has w = h = 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from segfpn.structures import Instances, PanopticSegmentation
+
+logger = logging.getLogger(__name__)
+
+#: Number of distinct ids an RGB panoptic PNG can hold (ids 0 .. 256**3 - 1).
+MAX_PANOPTIC_ID = 256**3 - 1
+
+
+def encode_masks(masks: np.ndarray) -> list[dict]:
+    """Compressed RLEs of binary masks.
+
+    masks: bool or uint8 [N, H, W]. Returns N dicts ``{"size": [H, W], "counts": str}``
+    (``counts`` decoded from bytes so the dicts are JSON-serialisable).
+    """
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be [N, H, W], got shape {masks.shape}")
+    if masks.shape[0] == 0:
+        return []
+    # pycocotools wants uint8 [H, W, N] in Fortran (column-major) order.
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def instances_to_coco_results(instances: Instances, image_id: int) -> list[dict]:
+    """COCO detection results of one image, one dict per detection, in the instances' order.
+
+    ``instances.boxes`` (float32 [N, 4] xyxy, original-image px) become ``bbox`` [x, y, w, h]
+    floats; ``category_id`` is the COCO id ``instances.category_ids[label]``; ``segmentation`` is
+    the compressed RLE of ``instances.masks`` (bool [N, H, W]) with ``counts`` as str.
+    """
+    n = len(instances)
+    if n == 0:
+        return []
+    boxes = np.asarray(instances.boxes, dtype=np.float64).reshape(n, 4)
+    masks = np.asarray(instances.masks)
+    if masks.shape[0] != n:
+        raise ValueError(f"instances have {n} scores but {masks.shape[0]} masks")
+    num_classes = len(instances.category_ids)
+    rles = encode_masks(masks)
+    results = []
+    for box, score, label, rle in zip(boxes, instances.scores, instances.labels, rles):
+        label = int(label)
+        if not 0 <= label < num_classes:
+            raise ValueError(f"label {label} is outside the model's {num_classes} classes "
+                             f"(instances.category_ids has {num_classes} entries)")
+        x0, y0, x1, y1 = (float(v) for v in box)
+        results.append({
+            "image_id": int(image_id),
+            "category_id": int(instances.category_ids[label]),
+            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "score": float(score),
+            "segmentation": rle,
+        })
+    return results
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """COCO panoptic PNG to segment ids: uint8 RGB [..., 3] -> uint32 [...], R + 256 G + 256² B."""
+    rgb = np.asarray(rgb)
+    if rgb.shape[-1:] != (3,):
+        raise ValueError(f"expected an RGB array [..., 3], got shape {rgb.shape}")
+    if rgb.dtype != np.uint8:
+        raise ValueError(f"expected uint8 RGB, got dtype {rgb.dtype}")
+    rgb = rgb.astype(np.uint32)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def id_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rgb_to_id`: integer ids [...] in [0, 256³) -> uint8 [..., 3] RGB."""
+    ids = np.asarray(ids)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"segment ids must be integers, got dtype {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() > MAX_PANOPTIC_ID):
+        raise ValueError(f"segment ids must lie in [0, {MAX_PANOPTIC_ID}] to fit an RGB PNG, "
+                         f"got range [{ids.min()}, {ids.max()}]")
+    ids = ids.astype(np.uint32)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+
+
+def segment_bboxes_and_areas(segment_ids: np.ndarray) -> dict[int, tuple[int, list[int]]]:
+    """``{id: (area, [x, y, w, h])}`` for every id > 0 in an integer map [H, W].
+
+    The box is the tight box of the pixels in integer pixel units (w = x_max - x_min + 1).
+    """
+    segment_ids = np.asarray(segment_ids)
+    if segment_ids.ndim != 2:
+        raise ValueError(f"segment ids must be [H, W], got shape {segment_ids.shape}")
+    width = segment_ids.shape[1]
+    ids, index, areas = np.unique(segment_ids.ravel(), return_inverse=True, return_counts=True)
+    rows, cols = np.divmod(np.arange(segment_ids.size), width)
+    x0 = np.full(len(ids), width, dtype=np.int64)
+    y0 = np.full(len(ids), segment_ids.shape[0], dtype=np.int64)
+    x1 = np.full(len(ids), -1, dtype=np.int64)
+    y1 = np.full(len(ids), -1, dtype=np.int64)
+    np.minimum.at(x0, index, cols)
+    np.minimum.at(y0, index, rows)
+    np.maximum.at(x1, index, cols)
+    np.maximum.at(y1, index, rows)
+    return {int(i): (int(area), [int(left), int(top), int(right - left + 1), int(bottom - top + 1)])
+            for i, area, left, top, right, bottom in zip(ids, areas, x0, y0, x1, y1) if i != 0}
+
+
+def panoptic_to_coco(panoptic: PanopticSegmentation, image_id: int,
+                     file_name: str) -> tuple[np.ndarray, dict]:
+    """A panoptic prediction as a COCO panoptic PNG array and its annotation.
+
+    panoptic.segment_ids: int32 [H, W], 0 = void. Returns ``(rgb, annotation)``: rgb is uint8
+    [H, W, 3] (id = R + 256 G + 256² B, ids kept as they are) and annotation is
+    ``{"image_id", "file_name", "segments_info": [{"id", "category_id", "iscrowd": 0, "area",
+    "bbox": [x, y, w, h]}]}`` with COCO category ids, areas and boxes measured on the map.
+
+    A segment with category id 0 (the merged "things" class of a panoptic-separated semantic head)
+    is not a COCO category: its pixels are written as void and it is left out. Segments that cover
+    no pixel are left out too. An id in the map that ``panoptic.segments`` does not list is an
+    error.
+    """
+    segment_ids = np.asarray(panoptic.segment_ids)
+    if segment_ids.ndim != 2:
+        raise ValueError(f"panoptic.segment_ids must be [H, W], got shape {segment_ids.shape}")
+    by_id = {}
+    for seg in panoptic.segments:
+        if seg.id in by_id:
+            raise ValueError(f"image {image_id}: segment id {seg.id} is listed twice")
+        by_id[seg.id] = seg
+
+    stats = segment_bboxes_and_areas(segment_ids)
+    unlisted = sorted(set(stats) - set(by_id))
+    if unlisted:
+        raise ValueError(f"image {image_id}: segment ids {unlisted} are in the segment map but not "
+                         "in panoptic.segments")
+    to_void = [seg_id for seg_id in stats if by_id[seg_id].category_id == 0]
+    if to_void:
+        logger.warning("image %s: %d segment(s) of the merged 'things' class (category id 0) "
+                       "written as void", image_id, len(to_void))
+        segment_ids = np.where(np.isin(segment_ids, to_void), 0, segment_ids)
+
+    segments_info = []
+    for seg in panoptic.segments:
+        if seg.id not in stats or seg.category_id == 0:
+            continue
+        area, bbox = stats[seg.id]
+        segments_info.append({"id": int(seg.id), "category_id": int(seg.category_id),
+                              "iscrowd": 0, "area": area, "bbox": bbox})
+    annotation = {"image_id": int(image_id), "file_name": file_name,
+                  "segments_info": segments_info}
+    return id_to_rgb(segment_ids), annotation
+
+
+def write_panoptic_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Write a uint8 [H, W, 3] panoptic array as a PNG, atomically.
+
+    The image goes to a temporary file in the destination folder which then replaces ``path``,
+    so readers never see a half-written file and a failure leaves ``path`` as it was.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"a panoptic PNG must be uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
+    write_atomic(path, lambda f: Image.fromarray(rgb).save(f, format="PNG"))
+
+
+def write_atomic(path: str | os.PathLike, write) -> None:
+    """Call ``write(binary_file)`` on a temporary file next to ``path``, then move it in place.
+
+    The temporary file gets the usual permissions (0o666 less the umask), like ``open()``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,57 @@
+"""Anchors: one set of cell anchors per pyramid level, shifted over the level's grid."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def cell_anchors(size: float, aspect_ratios: tuple[float, ...], *, round_corners: bool) -> torch.Tensor:
+    """[A, 4] xyxy anchors centred at 0 with area ``size**2`` and h/w = each aspect ratio.
+
+    ``round_corners`` rounds the corners to integers as torchvision does; detectron2 keeps them exact.
+    """
+    anchors = []
+    for ratio in aspect_ratios:
+        w = math.sqrt(size * size / ratio)
+        h = ratio * w
+        anchors.append([-w / 2, -h / 2, w / 2, h / 2])
+    out = torch.tensor(anchors, dtype=torch.float32)
+    return out.round() if round_corners else out
+
+
+class AnchorGenerator(nn.Module):
+    """Anchors for levels of the given strides; anchor index = (y * W + x) * A + a.
+
+    ``strides_from_grid``: torchvision derives each level's stride as padded_size // grid_size,
+    which for p6 of an 800 px input is 61, not 64; detectron2 uses the nominal stride.
+    """
+
+    def __init__(self, *, strides: tuple[int, ...], sizes: tuple[float, ...], aspect_ratios: tuple[float, ...],
+                 round_corners: bool, offset: float = 0.0, strides_from_grid: bool = False):
+        super().__init__()
+        self.strides_from_grid = strides_from_grid
+        if len(strides) != len(sizes):
+            raise ValueError(f"need one anchor size per level: {len(strides)} levels, {len(sizes)} sizes")
+        self.strides = strides
+        self.offset = offset
+        for i, size in enumerate(sizes):
+            self.register_buffer(f"cell_anchors_{i}", cell_anchors(size, aspect_ratios, round_corners=round_corners),
+                                 persistent=False)
+        self.num_anchors = len(aspect_ratios)
+
+    def forward(self, grid_sizes: list[tuple[int, int]], padded_size: tuple[int, int]) -> list[torch.Tensor]:
+        """``grid_sizes``: (h, w) per level; returns per level [h * w * A, 4] xyxy in input pixels."""
+        out = []
+        for i, ((h, w), stride) in enumerate(zip(grid_sizes, self.strides)):
+            base = getattr(self, f"cell_anchors_{i}")
+            stride_y, stride_x = (padded_size[0] // h, padded_size[1] // w) if self.strides_from_grid else (stride, stride)
+            shift_x = (torch.arange(w, dtype=torch.float32, device=base.device) + self.offset) * stride_x
+            shift_y = (torch.arange(h, dtype=torch.float32, device=base.device) + self.offset) * stride_y
+            yy, xx = torch.meshgrid(shift_y, shift_x, indexing="ij")
+            xx, yy = xx.reshape(-1), yy.reshape(-1)
+            shifts = torch.stack((xx, yy, xx, yy), dim=1)
+            out.append((shifts[:, None, :] + base[None, :, :]).reshape(-1, 4))
+        return out

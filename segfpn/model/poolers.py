@@ -1,0 +1,52 @@
+"""Level-based RoI pooling: every RoI reads only the pyramid level that suits its size."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.ops import roi_align
+
+from segfpn.config import PoolerConfig
+
+
+def assign_levels(boxes: torch.Tensor, config: PoolerConfig) -> torch.Tensor:
+    """int64 [R] pyramid level of each xyxy box [R, 4] (network-input pixels).
+
+    k = floor(k0 + log2(sqrt(w * h) / s0) + eps), clamped to [min_level, max_level]: a box of
+    224x224 reads p4, one of 112x112 p3, so the RoI always spans a similar number of cells.
+    """
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    k = torch.floor(config.canonical_level + torch.log2(torch.sqrt(area) / config.canonical_size)
+                    + config.level_epsilon)
+    return k.clamp(config.min_level, config.max_level).to(torch.int64)
+
+
+class LevelRoIPooler(nn.Module):
+    """RoIAlign each box on its assigned level of ``{"p2".."p5"}``.
+
+    ``forward(features, boxes_per_image)`` -> (pooled [R, C, S, S] in image-then-box order,
+    levels int64 [R]).
+    """
+
+    def __init__(self, *, output_size: int, config: PoolerConfig):
+        super().__init__()
+        self.output_size = output_size
+        self.config = config
+
+    def forward(self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        all_boxes = torch.cat(boxes)
+        batch_index = torch.cat([torch.full((len(b), 1), i, dtype=all_boxes.dtype, device=all_boxes.device)
+                                 for i, b in enumerate(boxes)])
+        rois = torch.cat([batch_index, all_boxes], dim=1)
+        levels = assign_levels(all_boxes, cfg)
+        first = features[f"p{cfg.min_level}"]
+        out = first.new_zeros((len(rois), first.shape[1], self.output_size, self.output_size))
+        for level in range(cfg.min_level, cfg.max_level + 1):
+            idx = torch.nonzero(levels == level).squeeze(1)
+            if idx.numel() == 0:
+                continue
+            out[idx] = roi_align(features[f"p{level}"], rois[idx], self.output_size,
+                                 spatial_scale=1.0 / 2**level, sampling_ratio=cfg.sampling_ratio,
+                                 aligned=cfg.aligned).to(out.dtype)
+        return out, levels

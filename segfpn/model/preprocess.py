@@ -1,0 +1,95 @@
+"""Image -> network input: resize (shorter side to min_size, longer at most max_size), normalise, pad."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from segfpn.config import InputConfig
+
+
+@dataclass
+class ImageBatch:
+    """tensor: float [B, 3, Hp, Wp], zero-padded at the bottom/right to a multiple of the divisibility.
+    image_sizes: (h, w) of each resized image before padding; original_sizes: (H, W) of the inputs."""
+
+    tensor: torch.Tensor
+    image_sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        return tuple(self.tensor.shape[-2:])
+
+
+def resized_size(height: int, width: int, config: InputConfig) -> tuple[int, int]:
+    """(h, w) after scaling the shorter side to ``min_size`` with the longer side at most ``max_size``."""
+    if config.size_rounding == "floor":
+        # torchvision computes the scale in float32 and floors the scaled sizes.
+        short = torch.tensor(float(min(height, width)), dtype=torch.float32)
+        long = torch.tensor(float(max(height, width)), dtype=torch.float32)
+        scale = torch.min(config.min_size / short, config.max_size / long).item()
+        return int(np.floor(height * scale)), int(np.floor(width * scale))
+    scale = config.min_size / min(height, width)
+    new_h, new_w = height * scale, width * scale
+    if max(new_h, new_w) > config.max_size:
+        shrink = config.max_size / max(new_h, new_w)
+        new_h, new_w = new_h * shrink, new_w * shrink
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def _normalise(x: torch.Tensor, config: InputConfig) -> torch.Tensor:
+    mean = torch.tensor(config.pixel_mean, dtype=x.dtype, device=x.device)[:, None, None]
+    std = torch.tensor(config.pixel_std, dtype=x.dtype, device=x.device)[:, None, None]
+    return (x - mean) / std
+
+
+def _to_channel_order(x: torch.Tensor, config: InputConfig) -> torch.Tensor:
+    return x.flip(0) if config.channel_order == "bgr" else x
+
+
+def preprocess_image(image: np.ndarray, config: InputConfig, *, device: torch.device | str = "cpu") -> tuple[torch.Tensor, tuple[int, int]]:
+    """RGB uint8 [H, W, 3] -> (normalised float32 [3, h, w] in the network's channel order, (h, w))."""
+    height, width = image.shape[:2]
+    new_h, new_w = resized_size(height, width, config)
+    scale_to_range = config.pixel_range / 255.0
+    if config.resize_method == "pil_bilinear":
+        if (new_h, new_w) != (height, width):
+            image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float()
+        if scale_to_range != 1.0:
+            x = x * scale_to_range
+        return _normalise(_to_channel_order(x, config), config), (new_h, new_w)
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float()
+    x = x / 255.0 if config.pixel_range == 1.0 else x * scale_to_range
+    x = _normalise(_to_channel_order(x, config), config)
+    if (new_h, new_w) != (height, width):
+        x = F.interpolate(x[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
+    return x, (new_h, new_w)
+
+
+def batch_images(images: list[torch.Tensor], divisibility: int) -> torch.Tensor:
+    """Zero-pad [3, h_i, w_i] images at the bottom/right into one [B, 3, Hp, Wp] tensor."""
+    max_h = max(x.shape[1] for x in images)
+    max_w = max(x.shape[2] for x in images)
+    max_h = -(-max_h // divisibility) * divisibility
+    max_w = -(-max_w // divisibility) * divisibility
+    out = images[0].new_zeros((len(images), 3, max_h, max_w))
+    for i, x in enumerate(images):
+        out[i, :, : x.shape[1], : x.shape[2]] = x
+    return out
+
+
+def preprocess(images: list[np.ndarray], config: InputConfig, *, device: torch.device | str = "cpu") -> ImageBatch:
+    """A list of RGB uint8 [H, W, 3] arrays -> :class:`ImageBatch`."""
+    tensors, sizes = [], []
+    for image in images:
+        x, size = preprocess_image(image, config, device=device)
+        tensors.append(x)
+        sizes.append(size)
+    return ImageBatch(tensor=batch_images(tensors, config.size_divisibility), image_sizes=sizes,
+                      original_sizes=[tuple(im.shape[:2]) for im in images])

@@ -1,0 +1,72 @@
+"""RoI heads: level-based pooling -> box head -> detections -> level-based pooling -> mask head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from segfpn.config import ModelConfig
+from segfpn.model.box_head import BoxHead, BoxPredictor, select_detections
+from segfpn.model.mask_head import MaskHead, class_mask_probabilities
+from segfpn.model.poolers import LevelRoIPooler
+from segfpn.model.rpn import Proposals
+
+
+@dataclass
+class InstanceOutputs:
+    """Detections of one image in network-input pixels.
+
+    boxes float32 [N, 4] xyxy; scores float32 [N]; labels int64 [N]; mask_probs float32 [N, 28, 28];
+    levels int64 [N] (level of the mask RoI = the final box); box_levels int64 [N] (level of the
+    proposal that the box head classified).
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    mask_probs: torch.Tensor
+    levels: torch.Tensor
+    box_levels: torch.Tensor
+
+
+class RoIHeads(nn.Module):
+    def __init__(self, in_channels: int, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.box_pooler = LevelRoIPooler(output_size=config.box_head.pooler_resolution, config=config.pooler)
+        self.box_head = BoxHead(in_channels, config.box_head)
+        self.box_predictor = BoxPredictor(self.box_head.out_features, config.num_classes)
+        self.mask_pooler = LevelRoIPooler(output_size=config.mask_head.pooler_resolution, config=config.pooler)
+        self.mask_head = MaskHead(in_channels, config.num_classes, config.mask_head)
+
+    def forward(self, features: dict[str, torch.Tensor], proposals: list[Proposals],
+                image_sizes: list[tuple[int, int]]) -> list[InstanceOutputs]:
+        boxes = [p.boxes for p in proposals]
+        pooled, proposal_levels = self.box_pooler(features, boxes)
+        class_logits, box_deltas = self.box_predictor(self.box_head(pooled))
+        detections = []
+        start = 0
+        for p, size in zip(proposals, image_sizes):
+            end = start + len(p.boxes)
+            det = select_detections(class_logits[start:end], box_deltas[start:end], p.boxes, size,
+                                    self.config.box_head)
+            detections.append((det, proposal_levels[start:end][det.proposal_index]))
+            start = end
+        mask_features, mask_levels = self.mask_pooler(features, [d.boxes for d, _ in detections])
+        labels = torch.cat([d.labels for d, _ in detections])
+        if len(labels):
+            mask_probs = class_mask_probabilities(self.mask_head(mask_features), labels)
+        else:
+            side = 2 * self.config.mask_head.pooler_resolution
+            mask_probs = mask_features.new_zeros((0, side, side))
+        outputs = []
+        start = 0
+        for det, box_levels in detections:
+            end = start + len(det.boxes)
+            outputs.append(InstanceOutputs(boxes=det.boxes, scores=det.scores, labels=det.labels,
+                                           mask_probs=mask_probs[start:end], levels=mask_levels[start:end],
+                                           box_levels=box_levels))
+            start = end
+        return outputs

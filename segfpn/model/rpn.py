@@ -1,0 +1,97 @@
+"""Region proposal network: a shared conv head over p2-p6, anchor decoding, per-level top-k, NMS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms
+
+from segfpn.config import RPNConfig
+from segfpn.model.anchors import AnchorGenerator
+from segfpn.model.boxes import clip_boxes, decode_boxes, nonempty
+
+RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+
+
+class RPNHead(nn.Module):
+    """3x3 conv(s) + ReLU, then 1x1 objectness (A per position) and 1x1 deltas (4A per position)."""
+
+    def __init__(self, channels: int, num_anchors: int, *, num_convs: int = 1):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(num_convs))
+        self.objectness = nn.Conv2d(channels, num_anchors, 1)
+        self.deltas = nn.Conv2d(channels, num_anchors * 4, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per level: objectness logits [B, H*W*A] and deltas [B, H*W*A, 4] (anchor order of the generator)."""
+        logits, deltas = [], []
+        for x in features:
+            for conv in self.convs:
+                x = F.relu(conv(x))
+            b, _, h, w = x.shape
+            logits.append(self.objectness(x).permute(0, 2, 3, 1).reshape(b, -1))
+            d = self.deltas(x)
+            deltas.append(d.view(b, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, 4))
+        return logits, deltas
+
+
+@dataclass
+class Proposals:
+    """Proposals of one image, sorted by descending objectness.
+
+    boxes: float32 [R, 4] xyxy in network-input pixels (clipped to the resized image).
+    objectness: float32 [R] logits.
+    """
+
+    boxes: torch.Tensor
+    objectness: torch.Tensor
+
+
+class RPN(nn.Module):
+    """``forward(features, image_sizes, padded_size)`` -> one :class:`Proposals` per image."""
+
+    def __init__(self, *, in_channels: int, level_names: tuple[str, ...], strides: tuple[int, ...], config: RPNConfig):
+        super().__init__()
+        self.config = config
+        self.level_names = level_names
+        self.anchor_generator = AnchorGenerator(
+            strides=strides, sizes=config.anchor_sizes, aspect_ratios=config.aspect_ratios,
+            round_corners=config.round_anchors, offset=config.anchor_offset,
+            strides_from_grid=config.strides_from_grid)
+        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors, num_convs=config.num_convs)
+
+    def forward(self, features: dict[str, torch.Tensor], image_sizes: list[tuple[int, int]],
+                padded_size: tuple[int, int]) -> tuple[list[Proposals], dict]:
+        maps = [features[name] for name in self.level_names]
+        logits, deltas = self.head(maps)
+        anchors = self.anchor_generator([tuple(m.shape[-2:]) for m in maps], padded_size)
+        proposals = [
+            self.select_proposals([l[i] for l in logits], [d[i] for d in deltas], anchors, image_sizes[i])
+            for i in range(len(image_sizes))
+        ]
+        raw = {"objectness": logits, "deltas": deltas, "anchors": anchors}
+        return proposals, raw
+
+    def select_proposals(self, logits: list[torch.Tensor], deltas: list[torch.Tensor], anchors: list[torch.Tensor],
+                         image_size: tuple[int, int], *, training: bool = False) -> Proposals:
+        """Top-k per level by logit, decode, clip, drop empty boxes, NMS per level, keep the best."""
+        cfg = self.config
+        pre_k = cfg.pre_nms_topk_train if training else cfg.pre_nms_topk
+        post_k = cfg.post_nms_topk_train if training else cfg.post_nms_topk
+        boxes, scores, levels = [], [], []
+        for level, (lg, dl, an) in enumerate(zip(logits, deltas, anchors)):
+            k = min(pre_k, lg.shape[0])
+            top_logits, idx = lg.detach().topk(k)
+            boxes.append(decode_boxes(dl.detach()[idx], an[idx], RPN_BOX_WEIGHTS))
+            scores.append(top_logits)
+            levels.append(torch.full((k,), level, dtype=torch.int64, device=lg.device))
+        boxes = clip_boxes(torch.cat(boxes), image_size)
+        scores = torch.cat(scores)
+        levels = torch.cat(levels)
+        keep = nonempty(boxes, cfg.min_proposal_size) & torch.isfinite(scores)
+        boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+        keep = batched_nms(boxes, scores, levels, cfg.nms_threshold)[:post_k]
+        return Proposals(boxes=boxes[keep], objectness=scores[keep])

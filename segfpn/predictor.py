@@ -1,0 +1,180 @@
+"""Image in, :class:`~segfpn.structures.Result` out: the numpy-facing side of the model."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segfpn.categories import CategorySet
+from segfpn.checkpoints.errors import CheckpointError
+from segfpn.checkpoints.loading import LoadReport, load_checkpoint
+from segfpn.config import ModelConfig
+from segfpn.imageio import read_image
+from segfpn.model.detector import NetworkOutputs, SegFPN
+from segfpn.model.fusion import fuse_panoptic
+from segfpn.model.postprocess import postprocess_instances, semantic_logits_to_image
+from segfpn.model.preprocess import preprocess
+from segfpn.structures import Instances, PanopticSegmentation, Result, Segment, SemanticSegmentation
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Predictor:
+    """Runs a :class:`SegFPN` on single images.
+
+    ``precision``: "fp32" (default), or "bf16" / "fp16" autocast (fp16 on CUDA only).
+    """
+
+    def __init__(self, model: SegFPN, categories: CategorySet, *, device: str | torch.device | None = None,
+                 arch: str = "", precision: str = "fp32", report: LoadReport | None = None, source: str = ""):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.device = torch.device(device) if device is not None else default_device()
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("fp16 needs a CUDA device; use precision='bf16' on CPU")
+        self.model = model.to(self.device).eval()
+        self.categories = categories
+        self.arch = arch
+        self.precision = precision
+        self.report = report
+        self.source = source
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def has_semantic_head(self) -> bool:
+        return self.model.semantic_head is not None
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def predict(self, image, *, return_features: bool = False) -> Result:
+        """``image``: a path, bytes, PIL image, or HxWx3 uint8 RGB array (see :func:`segfpn.imageio.read_image`)."""
+        timings = {}
+        start = time.perf_counter()
+        rgb = read_image(image)
+        batch = preprocess([rgb], self.config.input, device=self.device)
+        timings["preprocess"] = time.perf_counter() - start
+        with self._autocast():
+            outputs = self.forward_timed(batch, timings)
+        start = time.perf_counter()
+        result = self.to_result(outputs, batch.image_sizes[0], rgb.shape[:2], batch.padded_size,
+                                return_features=return_features)
+        timings["postprocess"] = time.perf_counter() - start
+        result.timings = timings
+        return result
+
+    def forward_timed(self, batch, timings: dict) -> NetworkOutputs:
+        """The model's forward, stage by stage, recording seconds per stage in ``timings``."""
+        model = self.model
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        start = time.perf_counter()
+        bottom_up = model.backbone(batch.tensor)
+        pyramid = model.fpn(bottom_up)
+        sync()
+        timings["backbone_fpn"] = time.perf_counter() - start
+        start = time.perf_counter()
+        proposals, _ = model.rpn(pyramid, batch.image_sizes, batch.padded_size)
+        instances = model.roi_heads(pyramid, proposals, batch.image_sizes)
+        sync()
+        timings["heads"] = time.perf_counter() - start
+        start = time.perf_counter()
+        semantic = model.semantic_head(pyramid) if model.semantic_head is not None else None
+        sync()
+        timings["semantic_head"] = time.perf_counter() - start
+        return NetworkOutputs(bottom_up=bottom_up, pyramid=pyramid, proposals=proposals, instances=instances,
+                       semantic_logits=semantic)
+
+    def to_result(self, outputs: NetworkOutputs, input_size, image_size, padded_size, *,
+                  return_features: bool) -> Result:
+        cfg = self.config
+        image_size = tuple(int(v) for v in image_size)
+        inst = postprocess_instances(outputs.instances[0], input_size, image_size, cfg.mask_head)
+        things = self.categories.things
+        instances = Instances(
+            boxes=inst.boxes.float().cpu().numpy().astype(np.float32),
+            scores=inst.scores.float().cpu().numpy().astype(np.float32),
+            labels=inst.labels.cpu().numpy().astype(np.int64),
+            class_names=[c.name for c in things], category_ids=[c.id for c in things],
+            masks=inst.masks.cpu().numpy(), levels=inst.levels.cpu().numpy().astype(np.int64),
+            box_levels=inst.box_levels.cpu().numpy().astype(np.int64))
+        semantic = panoptic = None
+        if outputs.semantic_logits is not None:
+            logits = semantic_logits_to_image(outputs.semantic_logits[0].float(), input_size, image_size)
+            labels = logits.argmax(dim=0)
+            stuff = self.categories.stuff
+            semantic = SemanticSegmentation(
+                labels=labels.cpu().numpy().astype(np.uint8 if len(stuff) <= 256 else np.int32),
+                class_names=[c.name for c in stuff], category_ids=[c.id for c in stuff])
+            panoptic = self.fuse(inst.masks, inst.scores, labels, instances)
+        features = None
+        if return_features:
+            features = {name: t[0].float().cpu() for name, t in {**outputs.bottom_up, **outputs.pyramid}.items()}
+        return Result(image_size=image_size, input_size=tuple(input_size), padded_size=tuple(padded_size),
+                      instances=instances, semantic=semantic, panoptic=panoptic, features=features,
+                      device=str(self.device))
+
+    def fuse(self, masks: torch.Tensor, scores: torch.Tensor, semantic_labels: torch.Tensor,
+             instances: Instances) -> PanopticSegmentation:
+        cfg = self.config.panoptic
+        stuff = self.categories.stuff
+        things_label = next((i for i, c in enumerate(stuff) if c.isthing), None)
+        segment_ids, fused = fuse_panoptic(masks, scores.float(), semantic_labels,
+                                           overlap_threshold=cfg.overlap_threshold,
+                                           stuff_area_threshold=cfg.stuff_area_threshold,
+                                           instance_score_threshold=cfg.instance_score_threshold,
+                                           things_label=things_label)
+        segments = []
+        for s in fused:
+            if s.isthing:
+                label = int(instances.labels[s.instance])
+                segments.append(Segment(id=s.id, category_id=instances.category_ids[label], label=label,
+                                        class_name=instances.class_names[label], isthing=True, area=s.area,
+                                        score=s.score, instance=s.instance, level=int(instances.levels[s.instance])))
+            else:
+                category = stuff[s.semantic_label]
+                segments.append(Segment(id=s.id, category_id=category.id, label=s.semantic_label,
+                                        class_name=category.name, isthing=False, area=s.area))
+        return PanopticSegmentation(segment_ids=segment_ids.cpu().numpy(), segments=segments)
+
+
+def load(checkpoint: str | os.PathLike, *, arch: str | None = None, device: str | torch.device | None = None,
+         precision: str = "fp32", strict: bool = True) -> Predictor:
+    """Load a checkpoint (a file, or the name of a known one) into a :class:`Predictor`.
+
+    The format (torchvision ``.pth``, detectron2 ``.pkl``, segfpn ``.safetensors``) and the
+    architecture are recognised from the file's contents; ``arch=`` overrides the architecture.
+    A known name (``segfpn weights list``) is looked up in ``weights/`` and downloaded on first use.
+    ``device`` defaults to CUDA when available.
+    """
+    path = Path(checkpoint)
+    if not path.exists():
+        from segfpn.checkpoints import catalogue, download
+
+        try:
+            known = catalogue.find(str(checkpoint))
+        except KeyError:
+            raise CheckpointError(f"{checkpoint} is neither a file nor a known checkpoint name "
+                                  "(see `segfpn weights list`)") from None
+        path = download.ensure_available(known)
+    loaded = load_checkpoint(path, arch=arch, strict=strict)
+    return Predictor(loaded.model, loaded.categories, device=device, arch=loaded.arch, precision=precision,
+                     report=loaded.report, source=str(path))

@@ -1,0 +1,526 @@
+"""Downloads against a real HTTP server on 127.0.0.1 serving generated files.
+
+Every failure mode must leave the destination folder empty (no final file, no ``.part-*``).
+Nothing here may connect anywhere but 127.0.0.1 (an autouse fixture enforces it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import http.server
+import os
+import random
+import socket
+import struct
+import threading
+from collections import Counter, namedtuple
+from pathlib import Path
+
+import pytest
+
+from segfpn.checkpoints import catalogue, weights_cli
+from segfpn.checkpoints import download as dl
+from segfpn.checkpoints.catalogue import KnownCheckpoint
+from segfpn.checkpoints.download import (
+    ChecksumError,
+    DownloadError,
+    OfflineError,
+    download,
+    ensure_available,
+    local_status,
+    verify_file,
+    weights_dir,
+)
+
+PAYLOAD = random.Random(0).randbytes(300_000)
+MD5 = hashlib.md5(PAYLOAD).hexdigest()
+SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
+D2_NAME = f"model_final_{MD5[:6]}.pkl"
+TV_NAME = f"tiny_maskrcnn_coco-{SHA256[:8]}.pth"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves ``server.routes[path] = (mode, body)``; modes: ok, truncate, drop, hang, flaky, <code>."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):
+        server = self.server
+        with server.lock:
+            server.hits[self.path] += 1
+            hit = server.hits[self.path]
+        mode, body = server.routes.get(self.path, ("404", b""))
+        if mode == "flaky":
+            mode = "drop" if hit == 1 else "ok"
+        if mode.isdigit():
+            self.send_response(int(mode))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if mode == "hang":
+            server.release.wait(5)
+            return
+        announced = len(body) + (1000 if mode == "truncate" else 0)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(announced))
+        self.end_headers()
+        if mode == "ok":
+            self.wfile.write(body)
+            return
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+        if mode == "drop":  # abort with a TCP reset instead of a clean close
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.routes: dict[str, tuple[str, bytes]] = {}
+        self.hits: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+@pytest.fixture(autouse=True)
+def _only_localhost(monkeypatch):
+    """Refuse any connection that is not to 127.0.0.1, and keep proxies and env settings out."""
+    real = socket.create_connection
+
+    def guarded(address, *args, **kwargs):
+        if address[0] not in ("127.0.0.1", "localhost"):
+            raise AssertionError(f"test tried to connect to {address}")
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", guarded)
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+                dl.BASE_URL_ENV, dl.WEIGHTS_DIR_ENV, dl.OFFLINE_ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(dl, "_RETRY_BACKOFF_S", 0.0)
+
+
+@pytest.fixture
+def server():
+    srv = _Server()
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.release.set()
+    srv.shutdown()
+    srv.server_close()
+    thread.join(5)
+
+
+def _checkpoint(url: str, *, file_name: str = D2_NAME, **changes) -> KnownCheckpoint:
+    fields = dict(name="tiny_panoptic", arch="panoptic_fpn_R_50", format="detectron2", url=url,
+                  file_name=file_name, categories="coco_panoptic",
+                  metrics={"box_ap": 1.0, "mask_ap": 1.0, "pq": 1.0},
+                  source_url="http://127.0.0.1/", md5_prefix=MD5[:6])
+    fields.update(changes)
+    return KnownCheckpoint(**fields)
+
+
+def _serve(server: _Server, mode: str = "ok", *, body: bytes = PAYLOAD, file_name: str = D2_NAME,
+           folder: str = "/zoo") -> KnownCheckpoint:
+    path = f"{folder}/{file_name}"
+    server.routes[path] = (mode, body)
+    return _checkpoint(server.url(path), file_name=file_name)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# ---------------------------------------------------------------------------------------------
+# Success
+
+
+def test_download_verifies_and_renames(server, tmp_path, capsys):
+    checkpoint = _serve(server)
+    dest = tmp_path / "weights" / "nested"  # created on demand
+    path = download(checkpoint, dest_dir=dest, progress=False)
+    assert path == dest / D2_NAME
+    assert path.read_bytes() == PAYLOAD
+    assert _listing(dest) == [D2_NAME]
+    assert server.hits[f"/zoo/{D2_NAME}"] == 1
+    assert capsys.readouterr().err == ""  # progress=False: no bar
+
+
+def test_download_sha256_entry_with_progress_bar(server, tmp_path, capsys):
+    checkpoint = dataclasses.replace(_serve(server, file_name=TV_NAME), md5_prefix=None,
+                                     sha256_prefix=SHA256[:8], format="torchvision",
+                                     arch="maskrcnn_resnet50_fpn",
+                                     categories="coco_instances_torchvision")
+    path = download(checkpoint, dest_dir=tmp_path, progress=True)
+    assert path.read_bytes() == PAYLOAD
+    assert TV_NAME in capsys.readouterr().err  # tqdm's description
+
+
+def test_present_file_is_not_fetched_again(server, tmp_path):
+    checkpoint = _serve(server)
+    (tmp_path / D2_NAME).write_bytes(b"placed by hand")
+    assert download(checkpoint, dest_dir=tmp_path, progress=False) == tmp_path / D2_NAME
+    assert ensure_available(checkpoint, dest_dir=tmp_path) == tmp_path / D2_NAME
+    assert server.hits.total() == 0
+    assert (tmp_path / D2_NAME).read_bytes() == b"placed by hand"
+    with pytest.raises(ChecksumError):  # ...but verify_file catches it
+        verify_file(tmp_path / D2_NAME, checkpoint)
+
+    download(checkpoint, dest_dir=tmp_path, progress=False, force=True)
+    assert server.hits.total() == 1
+    assert (tmp_path / D2_NAME).read_bytes() == PAYLOAD
+    verify_file(tmp_path / D2_NAME, checkpoint)
+
+
+def test_file_mirror(tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / D2_NAME).write_bytes(PAYLOAD)
+    checkpoint = _checkpoint(f"http://127.0.0.1:{_closed_port()}/{D2_NAME}")
+    path = download(checkpoint, dest_dir=tmp_path / "w", base_url=mirror.as_uri(), progress=False)
+    assert path.read_bytes() == PAYLOAD
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures leave nothing behind
+
+
+def test_wrong_hash(server, tmp_path):
+    checkpoint = _serve(server, body=PAYLOAD[::-1])
+    with pytest.raises(ChecksumError) as excinfo:
+        download(checkpoint, dest_dir=tmp_path, progress=False)
+    got = hashlib.md5(PAYLOAD[::-1]).hexdigest()[:6]
+    message = str(excinfo.value)
+    assert f"md5 of the downloaded file starts with {got}, expected {MD5[:6]}" in message
+    assert "corrupted or not the official one" in message
+    assert checkpoint.url in message and excinfo.value.url == checkpoint.url
+    assert _listing(tmp_path) == []
+    assert server.hits.total() == 1  # a wrong file is not retried
+
+
+def test_sha256_mismatch_message(server, tmp_path):
+    checkpoint = dataclasses.replace(_serve(server), md5_prefix=None, sha256_prefix="1234abcd")
+    with pytest.raises(ChecksumError, match=f"sha256 of the downloaded file starts with "
+                                            f"{SHA256[:8]}, expected 1234abcd"):
+        download(checkpoint, dest_dir=tmp_path, progress=False)
+    assert _listing(tmp_path) == []
+
+
+def test_truncated_body(server, tmp_path):
+    checkpoint = _serve(server, "truncate")
+    with pytest.raises(DownloadError) as excinfo:
+        download(checkpoint, dest_dir=tmp_path, progress=False, retries=0)
+    assert checkpoint.url in str(excinfo.value)
+    assert f"received {len(PAYLOAD) // 2} of {len(PAYLOAD) + 1000} bytes" in str(excinfo.value)
+    assert _listing(tmp_path) == []
+
+
+def test_dropped_connection(server, tmp_path):
+    checkpoint = _serve(server, "drop")
+    with pytest.raises(DownloadError) as excinfo:
+        download(checkpoint, dest_dir=tmp_path, progress=False, retries=0)
+    assert checkpoint.url in str(excinfo.value)
+    assert not isinstance(excinfo.value, ChecksumError)
+    assert _listing(tmp_path) == []
+
+
+def test_transient_failures_are_retried_a_bounded_number_of_times(server, tmp_path, monkeypatch):
+    waits = []
+    monkeypatch.setattr(dl, "_RETRY_BACKOFF_S", 1.0)
+    monkeypatch.setattr(dl.time, "sleep", waits.append)
+    dropping = _serve(server, "drop")
+    with pytest.raises(DownloadError):
+        download(dropping, dest_dir=tmp_path, progress=False, retries=2)
+    assert server.hits[f"/zoo/{D2_NAME}"] == 3
+    assert waits == [1.0, 2.0]
+    assert _listing(tmp_path) == []
+
+    flaky = _serve(server, "flaky", folder="/flaky")
+    assert download(flaky, dest_dir=tmp_path, progress=False, retries=1).read_bytes() == PAYLOAD
+    assert server.hits[f"/flaky/{D2_NAME}"] == 2
+
+    busy = _serve(server, "503", folder="/busy")
+    with pytest.raises(DownloadError, match="HTTP 503"):
+        download(busy, dest_dir=tmp_path / "busy", progress=False, retries=1)
+    assert server.hits[f"/busy/{D2_NAME}"] == 2
+
+    with pytest.raises(ValueError):
+        download(flaky, dest_dir=tmp_path / "x", retries=100)
+
+
+def test_http_404_names_url_and_status(server, tmp_path):
+    checkpoint = _checkpoint(server.url(f"/missing/{D2_NAME}"))
+    with pytest.raises(DownloadError) as excinfo:
+        download(checkpoint, dest_dir=tmp_path, progress=False)  # default retries: 4xx not retried
+    message = str(excinfo.value)
+    assert f"could not download {checkpoint.url}: HTTP 404" in message
+    assert "SEGFPN_BASE_URL" in message and str(tmp_path / D2_NAME) in message
+    assert server.hits.total() == 1
+    assert _listing(tmp_path) == []
+
+
+def test_connection_refused_names_url(tmp_path, monkeypatch):
+    waits = []
+    monkeypatch.setattr(dl.time, "sleep", waits.append)
+    checkpoint = _checkpoint(f"http://127.0.0.1:{_closed_port()}/zoo/{D2_NAME}")
+    with pytest.raises(DownloadError) as excinfo:
+        download(checkpoint, dest_dir=tmp_path, progress=False, retries=2)
+    assert waits == []  # refused is not transient: no retry
+    message = str(excinfo.value)
+    assert f"could not reach {checkpoint.url}: connection refused" in message
+    assert "by hand" in message and "SEGFPN_BASE_URL" in message
+    assert excinfo.value.reason == "connection refused"
+    assert _listing(tmp_path) == []
+
+
+def test_timeout(server, tmp_path):
+    checkpoint = _serve(server, "hang")
+    with pytest.raises(DownloadError, match="timed out"):
+        download(checkpoint, dest_dir=tmp_path, progress=False, timeout=0.3, retries=0)
+    assert _listing(tmp_path) == []
+
+
+def test_announced_size_differs_from_published_size(server, tmp_path):
+    checkpoint = dataclasses.replace(_serve(server), size_bytes=len(PAYLOAD) + 1)
+    with pytest.raises(ChecksumError, match=f"announces {len(PAYLOAD)} bytes, expected "
+                                            f"{len(PAYLOAD) + 1}"):
+        download(checkpoint, dest_dir=tmp_path, progress=False)
+    assert _listing(tmp_path) == []
+
+
+def test_disk_error_while_writing(server, tmp_path, monkeypatch):
+    checkpoint = _serve(server)
+    real_open_temp = dl._open_temp
+
+    class _FullDisk:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    class _FullOnClose(_FullDisk):  # buffered data hits the full disk only when closed
+        def write(self, data):
+            return len(data)
+
+        def __exit__(self, *exc):
+            self.file.close()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def open_full(dest_dir, file_name):
+        file, temp_path = real_open_temp(dest_dir, file_name)
+        assert temp_path.name.startswith(f"{D2_NAME}.part-") and temp_path.exists()
+        return wrapper(file), temp_path
+
+    wrapper = _FullDisk
+    monkeypatch.setattr(dl, "_open_temp", open_full)
+    with pytest.raises(DownloadError, match=os.strerror(errno.ENOSPC)):
+        download(checkpoint, dest_dir=tmp_path, progress=False)
+    assert _listing(tmp_path) == []
+
+    wrapper = _FullOnClose
+    with pytest.raises(DownloadError, match=f"could not write .*{os.strerror(errno.ENOSPC)}"):
+        download(checkpoint, dest_dir=tmp_path, progress=False)
+    assert _listing(tmp_path) == []
+
+
+def test_not_enough_free_space(server, tmp_path, monkeypatch):
+    checkpoint = _serve(server)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(dl.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 1000, 1000))
+    with pytest.raises(DownloadError, match="not enough disk space"):
+        download(checkpoint, dest_dir=tmp_path, progress=False)
+    assert _listing(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Destinations that cannot be written
+
+
+def test_destination_is_a_file(server, tmp_path):
+    checkpoint = _serve(server)
+    blocker = tmp_path / "weights"
+    blocker.write_text("not a folder")
+    with pytest.raises(DownloadError, match="not a folder"):
+        download(checkpoint, dest_dir=blocker, progress=False)
+    with pytest.raises(DownloadError, match="cannot create"):
+        download(checkpoint, dest_dir=blocker / "inside", progress=False)
+    assert server.hits.total() == 0
+    assert _listing(tmp_path) == ["weights"]
+
+
+def test_unwritable_destination(server, tmp_path, monkeypatch):
+    checkpoint = _serve(server)
+
+    def denied(**kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), kwargs["dir"])
+
+    monkeypatch.setattr(dl.tempfile, "mkstemp", lambda **kwargs: denied(**kwargs))
+    with pytest.raises(DownloadError) as excinfo:
+        download(checkpoint, dest_dir=tmp_path, progress=False)
+    assert f"cannot write to {tmp_path}" in str(excinfo.value)
+    assert "SEGFPN_WEIGHTS_DIR" in str(excinfo.value)
+    assert _listing(tmp_path) == []
+
+
+def test_read_only_folder_for_real(server, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        try:
+            (folder / "probe").touch()
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("permissions are not enforced for this user (root); covered by "
+                        "test_unwritable_destination")
+        with pytest.raises(DownloadError, match="cannot write to"):
+            download(_serve(server), dest_dir=folder, progress=False)
+        assert _listing(folder) == []
+    finally:
+        folder.chmod(0o755)
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment and ensure_available
+
+
+def test_weights_dir_env_and_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert weights_dir() == tmp_path / "weights"
+    monkeypatch.setenv("SEGFPN_WEIGHTS_DIR", str(tmp_path / "elsewhere"))
+    assert weights_dir() == tmp_path / "elsewhere"
+
+
+def test_env_weights_dir_is_used_by_ensure_available(server, tmp_path, monkeypatch):
+    checkpoint = _serve(server)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SEGFPN_WEIGHTS_DIR", str(tmp_path / "env_weights"))
+    path = ensure_available(checkpoint, progress=False)
+    assert path == tmp_path / "env_weights" / D2_NAME and path.read_bytes() == PAYLOAD
+    assert not (tmp_path / "weights").exists()
+
+
+def test_base_url_env_and_argument(server, tmp_path, monkeypatch):
+    server.routes[f"/env-mirror/{D2_NAME}"] = ("ok", PAYLOAD)
+    server.routes[f"/arg-mirror/{D2_NAME}"] = ("ok", PAYLOAD)
+    checkpoint = _checkpoint(f"http://127.0.0.1:{_closed_port()}/official/{D2_NAME}")
+
+    monkeypatch.setenv("SEGFPN_BASE_URL", server.url("/env-mirror/"))
+    download(checkpoint, dest_dir=tmp_path / "a", progress=False)
+    assert server.hits == Counter({f"/env-mirror/{D2_NAME}": 1})
+
+    download(checkpoint, dest_dir=tmp_path / "b", progress=False, base_url=server.url("/arg-mirror"))
+    assert server.hits[f"/arg-mirror/{D2_NAME}"] == 1  # the argument wins over the env
+
+    monkeypatch.delenv("SEGFPN_BASE_URL")
+    with pytest.raises(DownloadError, match="connection refused"):  # back to the official URL
+        download(checkpoint, dest_dir=tmp_path / "c", progress=False)
+
+
+def test_offline_says_what_to_fetch_and_where(server, tmp_path, monkeypatch):
+    checkpoint = _serve(server)
+    with pytest.raises(OfflineError) as excinfo:
+        ensure_available(checkpoint, dest_dir=tmp_path, offline=True)
+    message = str(excinfo.value)
+    assert f"Fetch {checkpoint.url} and put it in {tmp_path} as {D2_NAME}" in message
+    assert "offline=True" in message
+
+    monkeypatch.setenv("SEGFPN_OFFLINE", "1")
+    with pytest.raises(OfflineError, match="SEGFPN_OFFLINE=1"):
+        ensure_available(checkpoint, dest_dir=tmp_path)
+    assert server.hits.total() == 0
+    assert _listing(tmp_path) == []
+
+    (tmp_path / D2_NAME).write_bytes(PAYLOAD)  # placed by hand: offline is fine
+    assert ensure_available(checkpoint, dest_dir=tmp_path) == tmp_path / D2_NAME
+
+
+def test_offline_with_a_catalogue_name_points_at_the_official_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGFPN_OFFLINE", "1")
+    monkeypatch.setenv("SEGFPN_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(OfflineError) as excinfo:
+        ensure_available("panoptic_fpn_R_101_3x")
+    official = catalogue.find("panoptic_fpn_R_101_3x").url
+    assert f"Fetch {official} and put it in {tmp_path} as model_final_cafdb1.pkl" in str(excinfo.value)
+
+
+def test_local_status(tmp_path):
+    (tmp_path / "model_final_c10459.pkl").write_bytes(b"x" * 1234)
+    status = {s.checkpoint.name: s for s in local_status(dest_dir=tmp_path)}
+    assert set(status) == set(catalogue.CHECKPOINTS)
+    assert status["panoptic_fpn_R_50_3x"].present and status["panoptic_fpn_R_50_3x"].size_bytes == 1234
+    assert status["panoptic_fpn_R_50_3x"].path == tmp_path / "model_final_c10459.pkl"
+    assert not status["panoptic_fpn_R_101_3x"].present
+    assert status["panoptic_fpn_R_101_3x"].size_bytes is None
+
+
+def test_verify_file_missing(tmp_path):
+    with pytest.raises(DownloadError, match="does not exist"):
+        verify_file(tmp_path / D2_NAME, _checkpoint("http://127.0.0.1/x"))
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_download_and_verify(server, tmp_path, monkeypatch, capsys):
+    checkpoint = _serve(server, folder="/mirror")
+    monkeypatch.setattr(catalogue, "CHECKPOINTS", {checkpoint.name: checkpoint})
+    args = ["download", checkpoint.name, "--dir", str(tmp_path), "--base-url", server.url("/mirror"),
+            "--no-progress"]
+    assert weights_cli.main(args) == 0
+    assert str(tmp_path / D2_NAME) in capsys.readouterr().out
+    assert weights_cli.main(["verify", "--dir", str(tmp_path)]) == 0
+    assert "tiny_panoptic: ok" in capsys.readouterr().out
+
+    (tmp_path / D2_NAME).write_bytes(b"tampered")
+    assert weights_cli.main(["verify", "--dir", str(tmp_path)]) == 1
+    assert "FAILED" in capsys.readouterr().err
+
+    server.routes[f"/mirror/{D2_NAME}"] = ("404", b"")
+    assert weights_cli.main([*args, "--force"]) == 1
+    err = capsys.readouterr().err
+    assert "HTTP 404" in err and server.url(f"/mirror/{D2_NAME}") in err
+    assert weights_cli.main(["download", "nope", "--dir", str(tmp_path)]) == 1
+    assert "unknown checkpoint 'nope'" in capsys.readouterr().err
+
+
+def test_unknown_host_is_not_retried(tmp_path, monkeypatch):
+    def no_dns(address, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    waits = []
+    monkeypatch.setattr(socket, "create_connection", no_dns)
+    monkeypatch.setattr(dl.time, "sleep", waits.append)
+    checkpoint = _checkpoint(f"http://mirror.invalid/zoo/{D2_NAME}")
+    with pytest.raises(DownloadError, match=r"could not reach http://mirror\.invalid/.*host not found"):
+        download(checkpoint, dest_dir=tmp_path, progress=False, retries=2)
+    assert waits == []
+    assert _listing(tmp_path) == []
