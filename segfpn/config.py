@@ -192,6 +192,27 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def with_overrides(self, overrides: dict) -> "ModelConfig":
+        """A copy with nested fields changed, e.g. ``{"box_head": {"score_threshold": 0.01}}``.
+
+        Unknown names raise ValueError naming them; use it for inference settings (thresholds,
+        top-k), not for widths, which must match the weights.
+        """
+        data = self.to_dict()
+        for section, value in overrides.items():
+            if section not in data:
+                raise ValueError(f"unknown config section {section!r}; known: {', '.join(data)}")
+            if isinstance(value, dict):
+                if data[section] is None:
+                    raise ValueError(f"config section {section!r} is not used by this model")
+                unknown = set(value) - set(data[section])
+                if unknown:
+                    raise ValueError(f"unknown field(s) {sorted(unknown)} in config section {section!r}")
+                data[section].update(value)
+            else:
+                data[section] = value
+        return ModelConfig.from_dict(data)
+
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
         def build(kind, values):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ class ImageError(ValueError):
 def _check_pixels(width: int, height: int, max_megapixels: float) -> None:
     megapixels = width * height / 1e6
     if megapixels > max_megapixels:
-        raise ImageError(f"image too large: {width}x{height} is {megapixels:.0f} megapixels, limit {max_megapixels:.0f}")
+        raise ImageError(f"image too large: {megapixels:.0f} megapixels ({width}x{height}), limit {max_megapixels:.0f}")
 
 
 def _from_pil(image: Image.Image, max_megapixels: float) -> np.ndarray:
@@ -102,8 +103,11 @@ def read_image(source, *, max_megapixels: float = MAX_MEGAPIXELS) -> np.ndarray:
                 with opener() as pil:
                     _check_pixels(pil.width, pil.height, max_megapixels)
                     image = _from_pil(pil, max_megapixels)
-            except Image.DecompressionBombError:
-                raise ImageError(f"image too large: {name} exceeds {max_megapixels:.0f} megapixels") from None
+            except Image.DecompressionBombError as exc:
+                # PIL refuses before we see the size; its message carries the pixel count.
+                pixels = re.search(r"\((\d+) pixels\)", str(exc))
+                size = f"{int(pixels[1]) / 1e6:.0f} megapixels" if pixels else f"over {max_megapixels:.0f} megapixels"
+                raise ImageError(f"image too large: {size}, limit {max_megapixels:.0f}") from None
             except UnidentifiedImageError:
                 raise ImageError(f"{name} is not an image (format not recognised)") from None
             except OSError as exc:

@@ -157,13 +157,14 @@ class Predictor:
 
 
 def load(checkpoint: str | os.PathLike, *, arch: str | None = None, device: str | torch.device | None = None,
-         precision: str = "fp32", strict: bool = True) -> Predictor:
+         precision: str = "fp32", strict: bool = True, overrides: dict | None = None) -> Predictor:
     """Load a checkpoint (a file, or the name of a known one) into a :class:`Predictor`.
 
     The format (torchvision ``.pth``, detectron2 ``.pkl``, segfpn ``.safetensors``) and the
     architecture are recognised from the file's contents; ``arch=`` overrides the architecture.
     A known name (``segfpn weights list``) is looked up in ``weights/`` and downloaded on first use.
-    ``device`` defaults to CUDA when available.
+    ``device`` defaults to CUDA when available. ``overrides`` changes inference settings, e.g.
+    ``{"box_head": {"score_threshold": 0.3}, "panoptic": {"stuff_area_threshold": 1024}}``.
     """
     path = Path(checkpoint)
     if not path.exists():
@@ -175,6 +176,6 @@ def load(checkpoint: str | os.PathLike, *, arch: str | None = None, device: str 
             raise CheckpointError(f"{checkpoint} is neither a file nor a known checkpoint name "
                                   "(see `segfpn weights list`)") from None
         path = download.ensure_available(known)
-    loaded = load_checkpoint(path, arch=arch, strict=strict)
+    loaded = load_checkpoint(path, arch=arch, strict=strict, overrides=overrides)
     return Predictor(loaded.model, loaded.categories, device=device, arch=loaded.arch, precision=precision,
                      report=loaded.report, source=str(path))

@@ -161,8 +161,12 @@ def infer_widths(config: ModelConfig, state: dict[str, torch.Tensor]) -> ModelCo
     def shape(key: str, dim: int = 0) -> int | None:
         return state[key].shape[dim] if key in state else None
 
-    def count(prefix: str) -> int:
-        return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
+    def count(prefix: str, suffix: str = "weight") -> int:
+        """Layers prefix.0, prefix.1, ... present in a row (a stray index is left for the report)."""
+        n = 0
+        while any(k.startswith(f"{prefix}{n}.") and k.endswith(suffix) for k in state):
+            n += 1
+        return n
 
     changes = {}
     backbone = config.backbone

@@ -178,11 +178,17 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], *, strict:
     return report
 
 
-def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, strict: bool = True) -> LoadedCheckpoint:
-    """Build the model a checkpoint file describes and load its weights (CPU, eval mode)."""
+def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, strict: bool = True,
+                    overrides: dict | None = None) -> LoadedCheckpoint:
+    """Build the model a checkpoint file describes and load its weights (CPU, eval mode).
+
+    ``overrides``: inference settings to change, see :meth:`ModelConfig.with_overrides`.
+    """
     path = Path(path)
     state, metadata = read_state(path)
     converted = convert_state(state, metadata, arch=arch, path=path)
+    if overrides:
+        converted.config = converted.config.with_overrides(overrides)
     model = SegFPN(converted.config)
     report = load_into(model, converted.state_dict, strict=strict, ignored=converted.unmapped_keys, path=str(path))
     if converted.unmapped_keys and strict:

@@ -59,7 +59,7 @@ def preprocess_image(image: np.ndarray, config: InputConfig, *, device: torch.de
     scale_to_range = config.pixel_range / 255.0
     if config.resize_method == "pil_bilinear":
         if (new_h, new_w) != (height, width):
-            image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+            image = np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
         x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float()
         if scale_to_range != 1.0:
             x = x * scale_to_range

@@ -31,7 +31,7 @@ def _normalize(x: np.ndarray, clip_percentile: float = 0.0) -> np.ndarray:
 
 
 def pca_components(feature: np.ndarray, *, num_components: int = 3,
-                   max_samples: int = 16384) -> np.ndarray:
+                   max_samples: int = 4096) -> np.ndarray:
     """float32 [h, w, num_components]: the projection of every position's C-vector onto the
     first principal components of the positions' vectors.
 
@@ -97,8 +97,8 @@ def activation_map(feature: np.ndarray, *, mode: str = "mean_abs", channel: int 
 
     if mode == "pca":
         comps = pca_components(f)
-        return np.stack([np.rint(_normalize(comps[:, :, k], clip_percentile) * 255.0) for k in range(3)],
-                        axis=-1).astype(np.uint8)
+        channels = [np.rint(_normalize(comps[:, :, k], clip_percentile) * 255.0) for k in range(3)]
+        return np.stack(channels, axis=-1).astype(np.uint8)
     if mode == "mean_abs":
         out = np.abs(f).mean(axis=0)
     elif mode == "max":
@@ -118,7 +118,8 @@ def valid_cells(input_size: tuple[int, int], stride: int) -> tuple[int, int]:
 
 def overlay_activation(image_rgb: np.ndarray, activation: np.ndarray, *,
                        input_size: tuple[int, int], stride: int, alpha: float = 0.5,
-                       colormap: int = cv2.COLORMAP_JET, interpolation: str = "nearest") -> np.ndarray:
+                       colormap: int = cv2.COLORMAP_JET,
+                       interpolation: str = "nearest") -> np.ndarray:
     """Blend an :func:`activation_map` over the original image.
 
     image_rgb: uint8 [H, W, 3], the original image. activation: float [h, w] in [0, 1] (colour
@@ -151,7 +152,8 @@ def overlay_activation(image_rgb: np.ndarray, activation: np.ndarray, *,
     sx = input_size[1] / (width * stride)
     sy = input_size[0] / (height * stride)
     matrix = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
-    flags = (cv2.INTER_NEAREST if interpolation == "nearest" else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
+    flags = cv2.INTER_NEAREST if interpolation == "nearest" else cv2.INTER_LINEAR
+    flags |= cv2.WARP_INVERSE_MAP
     if act.ndim == 2:
         scalar = np.clip(act.astype(np.float32), 0.0, 1.0)
         up = cv2.warpAffine(scalar, matrix, (width, height), flags=flags,

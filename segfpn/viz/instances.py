@@ -8,9 +8,9 @@ import numpy as np
 
 from segfpn.structures import Instances
 from segfpn.viz.colors import RGB, instance_colors
-from segfpn.viz.primitives import (as_rgb_image, check_alpha, dim_, draw_box_, draw_label_,
-                                   fill_mask_, label_rect_for_box, line_thickness, mask_bounds,
-                                   outline_mask_, text_style)
+from segfpn.viz.primitives import (as_rgb_image, check_alpha, check_masks, dim_, draw_box_,
+                                   draw_label_, fill_mask_, label_rect_for_box, line_thickness,
+                                   mask_bounds, outline_mask_, text_style)
 
 
 def visible_indices(instances: Instances, *, score_threshold: float = 0.5,
@@ -62,9 +62,8 @@ def draw_instances(image_rgb: np.ndarray, instances: Instances, *, score_thresho
     alpha = check_alpha(alpha)
     h, w = image.shape[:2]
     n = len(instances)
-    if show_masks and n and tuple(instances.masks.shape[1:]) != (h, w):
-        raise ValueError(f"masks are {tuple(instances.masks.shape[1:])} but the image is {(h, w)}; "
-                         "masks must be at the original image size")
+    if show_masks and n:
+        check_masks(instances.masks, (h, w))
     if highlight is not None and not 0 <= int(highlight) < n:
         raise ValueError(f"highlight={highlight} is not a detection index (0..{n - 1})")
 
@@ -86,7 +85,8 @@ def draw_instances(image_rgb: np.ndarray, instances: Instances, *, score_thresho
                 if bounds is None:
                     continue
                 color = tuple(int(v) for v in palette[i])
-                fill_mask_(out, mask, color, alpha, source=image if emphasis else None, bounds=bounds)
+                fill_mask_(out, mask, color, alpha, source=image if emphasis else None,
+                           bounds=bounds)
                 if show_contours:
                     outline_mask_(out, mask, color, width, bounds=bounds)
         if show_boxes:
@@ -96,7 +96,8 @@ def draw_instances(image_rgb: np.ndarray, instances: Instances, *, score_thresho
             for i in indices:
                 text = instance_label(instances, i, show_score=show_scores)
                 rect = label_rect_for_box(instances.boxes[i], style.label_size(text), (h, w))
-                draw_label_(out, text, rect, background=tuple(int(v) for v in palette[i]), style=style)
+                draw_label_(out, text, rect, background=tuple(int(v) for v in palette[i]),
+                            style=style)
 
     draw(order, emphasis=False)
     if highlight is not None:

@@ -10,8 +10,9 @@ import numpy as np
 from segfpn.structures import Instances
 from segfpn.viz.colors import RGB
 from segfpn.viz.instances import visible_indices
-from segfpn.viz.primitives import (as_rgb_image, check_alpha, draw_box_, draw_label_, fill_mask_,
-                                   label_rect_for_box, line_thickness, text_style)
+from segfpn.viz.primitives import (as_rgb_image, check_alpha, check_masks, draw_box_,
+                                   draw_label_, fill_mask_, label_rect_for_box, line_thickness,
+                                   text_style)
 
 #: One colour per RoI level (Okabe-Ito, readable by colour-blind people): p2 sky blue,
 #: p3 bluish green, p4 orange, p5 reddish purple.
@@ -21,8 +22,8 @@ LEVEL_COLORS: dict[int, RGB] = {2: (86, 180, 233), 3: (0, 158, 115), 4: (230, 15
 OTHER_LEVEL_COLOR: RGB = (200, 200, 200)
 
 _LEVEL_RULE = ("Each RoI of w×h pixels (in the resized input) is pooled from level "
-               "k = ⌊4 + log2(√(wh)/224)⌋, clamped to 2…5: small boxes read the fine p2 map, "
-               "large boxes the coarse p5.")
+               "k = ⌊4 + log2(√(wh)/224)⌋, clamped to 2…5: "
+               "small boxes read the fine p2 map, large boxes the coarse p5.")
 
 
 def level_rule_text() -> str:
@@ -90,13 +91,16 @@ def _draw_legend_(out: np.ndarray, counts: dict[int, int], colors: Mapping[int, 
     row_h = max(s[1] for s in sizes)
     swatch = row_h - 2 * style.pad
     margin = style.pad
-    panel_w = min(w, max(sizes[0][0], max(s[0] for s in sizes[1:]) + swatch + style.pad) + 2 * margin)
+    content_w = max(sizes[0][0], max(s[0] for s in sizes[1:]) + swatch + style.pad)
+    panel_w = min(w, content_w + 2 * margin)
     panel_h = min(h, row_h * len(sizes) + 2 * margin)
-    px, py = _legend_corner((h, w), (panel_w, panel_h), np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    px, py = _legend_corner((h, w), (panel_w, panel_h), boxes)
     panel = out[py:py + panel_h, px:px + panel_w]
     panel[...] = cv2.convertScaleAbs(panel, alpha=0.35)
     x0, y0 = px + margin, py + margin
-    draw_label_(out, title, (x0, y0, x0 + sizes[0][0], y0 + row_h), background=(0, 0, 0), style=style)
+    draw_label_(out, title, (x0, y0, x0 + sizes[0][0], y0 + row_h), background=(0, 0, 0),
+                style=style)
     for row, (level, text) in enumerate(zip(counts, lines), start=1):
         ry = y0 + row * row_h
         sx = x0 + style.pad
@@ -117,8 +121,9 @@ def draw_levels(image_rgb: np.ndarray, instances: Instances, *, score_threshold:
     image_rgb: uint8 [H, W, 3]. source: "mask" uses ``instances.levels`` (the mask head's RoI,
     from the final box), "box" uses ``instances.box_levels`` (the box head's RoI, from the
     proposal). colors: level -> RGB (default :data:`LEVEL_COLORS`). mask_alpha > 0 also fills
-    each mask in its level colour. Each box is tagged "p3" etc.; the legend in the top-left
-    corner (the one hiding the fewest boxes) gives the number of drawn detections per level. Returns a new uint8 [H, W, 3].
+    each mask in its level colour. Each box is tagged "p3" etc.; a legend in the image corner
+    that hides the fewest boxes gives the number of drawn detections per level.
+    Returns a new uint8 [H, W, 3].
     """
     image = as_rgb_image(image_rgb)
     mask_alpha = check_alpha(mask_alpha)
@@ -131,7 +136,8 @@ def draw_levels(image_rgb: np.ndarray, instances: Instances, *, score_threshold:
     style = text_style((h, w), font_scale=font_scale)
     thickness = line_thickness((h, w)) + 1
     out = image.copy()
-    if mask_alpha > 0:
+    if mask_alpha > 0 and len(order):
+        check_masks(instances.masks, (h, w))
         for i in order:
             fill_mask_(out, instances.masks[i], level_color(levels[i], colors), mask_alpha)
     for i in order:

@@ -35,9 +35,19 @@ def as_rgb_image(image: np.ndarray, *, name: str = "image_rgb") -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 4:
         return np.ascontiguousarray(image[:, :, :3])
     if image.ndim == 3 and image.shape[2] == 3:
-        return image
+        return np.ascontiguousarray(image)  # OpenCV rejects views such as image[:, :, ::-1]
     raise ValueError(f"{name} must be an RGB image [H, W, 3] (or gray [H, W], RGBA [H, W, 4]), "
                      f"got shape {image.shape}")
+
+
+def check_masks(masks: np.ndarray, image_size: tuple[int, int]) -> None:
+    """Raise ValueError unless ``masks`` is bool [N, H, W] at ``image_size``."""
+    if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(image_size):
+        raise ValueError(f"masks are {tuple(masks.shape)} but the image is {tuple(image_size)}; "
+                         "masks must be bool [N, H, W] at the original image size")
+    if masks.dtype != bool:
+        raise ValueError(f"masks must be bool [N, H, W], got {masks.dtype}; threshold mask "
+                         "probabilities first (e.g. masks > 0.5)")
 
 
 def check_alpha(alpha: float) -> float:
@@ -200,8 +210,8 @@ def outline_mask_(out: np.ndarray, mask: np.ndarray, color: RGB, thickness: int,
     copy_where_(dst, solid(dst.shape, color), edge)
 
 
-def representative_point(mask: np.ndarray, *,
-                         bounds: tuple[slice, slice] | None = None) -> tuple[int, int, float] | None:
+def representative_point(mask: np.ndarray, *, bounds: tuple[slice, slice] | None = None
+                         ) -> tuple[int, int, float] | None:
     """(x, y, distance) of a point deep inside the mask, where a label sits best in an irregular
     region; None for an empty mask.
 

@@ -10,8 +10,8 @@ import numpy as np
 
 from segfpn.structures import PanopticSegmentation, SemanticSegmentation
 from segfpn.viz.colors import RGB, jitter_color, resolve_color
-from segfpn.viz.primitives import (as_rgb_image, check_alpha, dim_, draw_label_, label_rect_at,
-                                   line_thickness, mask_bounds, outline_mask_,
+from segfpn.viz.primitives import (as_rgb_image, check_alpha, copy_where_, dim_, draw_label_,
+                                   label_rect_at, line_thickness, outline_mask_,
                                    representative_point, text_style)
 
 #: Regions smaller than this fraction of the image get no label (unless highlighted).
@@ -44,14 +44,11 @@ def _paint_regions(image: np.ndarray, index_map: np.ndarray, palette: np.ndarray
 
     index_map: int [H, W] into palette: uint8 [K, 3] (row 0 unused).
     """
-    painted = index_map > 0
-    color_image = palette[index_map]
-    blended = cv2.addWeighted(image, 1.0 - alpha, color_image, alpha, 0.0)
-    out = image.copy()
-    np.copyto(out, blended, where=painted[:, :, None])
+    color_image = np.take(palette, index_map, axis=0)
+    out = cv2.addWeighted(image, 1.0 - alpha, color_image, alpha, 0.0)
+    copy_where_(out, image, index_map == 0)
     if show_contours:
-        edges = _region_edges(index_map) & painted
-        out[edges] = color_image[edges]
+        copy_where_(out, color_image, _region_edges(index_map) & (index_map > 0))
     return out
 
 
@@ -111,8 +108,8 @@ def draw_semantic(image_rgb: np.ndarray, semantic: SemanticSegmentation, *, alph
     if show_labels:
         regions = [(k + 1, name, tuple(int(v) for v in palette[k + 1]))
                    for k, name in enumerate(semantic.class_names)]
-        _label_regions_(out, index_map, regions, min_area=_min_area(min_label_area, image.shape[:2]),
-                        font_scale=font_scale)
+        _label_regions_(out, index_map, regions, font_scale=font_scale,
+                        min_area=_min_area(min_label_area, image.shape[:2]))
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -41,7 +42,12 @@ def image() -> np.ndarray:
 
 @pytest.fixture
 def instances() -> Instances:
-    """Three non-overlapping detections, score-sorted: person 0.9, dog 0.7, cat 0.3."""
-    return _make_instances(boxes=[[10, 10, 40, 30], [50, 35, 90, 60], [60, 5, 80, 20]],
-                          scores=[0.9, 0.7, 0.3], names=["person", "dog", "cat"],
-                          levels=[2, 3, 5])
+    """Three non-overlapping detections, score-sorted: person 0.9 and cat 0.3 (masks fill their
+    boxes), dog 0.7 (an ellipse inside its box, so a box-shaped fill would show)."""
+    inst = _make_instances(boxes=[[10, 10, 40, 30], [50, 35, 90, 60], [60, 5, 80, 20]],
+                           scores=[0.9, 0.7, 0.3], names=["person", "dog", "cat"],
+                           levels=[2, 3, 5])
+    ellipse = np.zeros((H, W), np.uint8)
+    cv2.ellipse(ellipse, (70, 47), (19, 12), 0, 0, 360, 1, -1)
+    inst.masks[1] = ellipse.astype(bool)
+    return inst

@@ -147,8 +147,17 @@ def test_bad_inputs_give_clear_errors(image, instances):
         draw_instances(image.astype(np.float32), instances)
     with pytest.raises(ValueError, match="alpha"):
         draw_instances(image, instances, alpha=1.5)
-    gray = draw_instances(image[:, :, 0], instances)
+    instances.masks = instances.masks.astype(np.float32)
+    with pytest.raises(ValueError, match="masks must be bool"):
+        draw_instances(image, instances)
+    gray = draw_instances(image[:, :, 0], instances, show_masks=False)
     assert gray.shape == (H, W, 3)
+
+
+def test_views_with_negative_strides_are_accepted(image, instances):
+    bgr_view = image[:, :, ::-1]  # what OpenCV's cv2.imread(...)[:, :, ::-1] gives
+    out = draw_instances(bgr_view, instances)
+    np.testing.assert_array_equal(out, draw_instances(np.ascontiguousarray(bgr_view), instances))
 
 
 def test_empty_instances(image, make_instances):

@@ -17,6 +17,14 @@ def test_level_for_square_boxes(side, level):
     assert int(level_for_box(side, side)) == level
 
 
+def test_level_for_box_matches_the_models_epsilon():
+    # floor(4 + log2(s / 224) + 1e-6), as torchvision and segfpn.model.poolers: a box a hair
+    # under 224 px still reads p4.
+    side = 224 * (1 - 1e-7)
+    assert int(level_for_box(side, side)) == 4
+    assert int(level_for_box(side, side, eps=0.0)) == 3
+
+
 def test_level_for_box_is_vectorised_and_uses_sqrt_area():
     w = np.array([224, 448, 112, 50])
     h = np.array([224, 112, 448, 50])

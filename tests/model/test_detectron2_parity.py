@@ -1,0 +1,145 @@
+"""segfpn on detectron2's mini Panoptic FPN reproduces detectron2's own outputs, stage by stage.
+
+Reference arrays: tests/data/d2_mini (made by the real detectron2, see its README). Tolerances are
+the ones the issue sets; the README reports what detectron2 itself varies by across thread counts.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.ops import box_iou
+
+import segfpn
+from segfpn.evaluation.panoptic_quality import PanopticQuality
+from segfpn.model.postprocess import semantic_logits_to_image
+from segfpn.model.preprocess import preprocess
+
+from testdata import D2_MINI
+
+# The settings detectron2 ran with (README "Inference settings"): only these differ from the zoo.
+REFERENCE_OVERRIDES = {"box_head": {"score_threshold": 0.01}, "panoptic": {"instance_score_threshold": 0.6}}
+CASES = ["astronaut", "coffee_crop_301x517"]
+
+
+@pytest.fixture(scope="module")
+def predictor(d2_mini_checkpoint):
+    return segfpn.load(d2_mini_checkpoint, device="cpu", overrides=REFERENCE_OVERRIDES)
+
+
+@pytest.fixture(scope="module", params=CASES)
+def case(request, predictor):
+    ref = dict(np.load(D2_MINI / f"{request.param}.npz"))
+    batch = preprocess([ref["image_rgb"]], predictor.config.input)
+    with torch.inference_mode():
+        outputs = predictor.model(batch)
+    result = predictor.predict(ref["image_rgb"])
+    return request.param, ref, batch, outputs, result
+
+
+def test_checkpoint_recognised_and_fully_loaded(predictor):
+    assert predictor.arch == "panoptic_fpn_R_50"
+    assert predictor.report.ok and len(predictor.report.matched) == 330
+    cfg = predictor.config
+    assert cfg.backbone.stride_in_1x1 and cfg.input.channel_order == "bgr" and cfg.pooler.aligned
+    assert (cfg.backbone.stem_channels, cfg.fpn.out_channels, cfg.semantic_head.conv_channels) == (16, 16, 64)
+
+
+def test_resize_and_padding(case):
+    name, ref, batch, _, _ = case
+    assert batch.image_sizes[0] == tuple(ref["resized_hw"])
+    assert batch.padded_size == tuple(ref["padded_hw"])
+    resized = np.asarray(Image.open(D2_MINI / f"resized_{name}.png"))
+    # Undo our normalisation (BGR, mean subtracted) to get the resized uint8 image back.
+    mean = torch.tensor([103.53, 116.28, 123.675])[:, None, None]
+    h, w = batch.image_sizes[0]
+    ours = (batch.tensor[0, :, :h, :w] + mean).flip(0).permute(1, 2, 0).round().byte().numpy()
+    assert np.array_equal(ours, resized)
+
+
+def test_pyramid_features(case):
+    _, ref, _, outputs, _ = case
+    for level in ("p2", "p3", "p4", "p5", "p6"):
+        np.testing.assert_allclose(outputs.pyramid[level][0].numpy(), ref[f"fpn_{level}"], rtol=1e-3, atol=1e-3)
+
+
+def test_proposals_match_as_a_set(case):
+    _, ref, _, outputs, _ = case
+    ours = outputs.proposals[0]
+    ref_boxes = torch.from_numpy(ref["proposal_boxes"])
+    assert len(ours.boxes) == len(ref_boxes)
+    iou = box_iou(ref_boxes, ours.boxes)
+    best, index = iou.max(dim=1)
+    assert (best > 0.999).float().mean() >= 0.998  # near-ties may swap one pair at the cut
+    matched = best > 0.999
+    np.testing.assert_allclose(ours.objectness[index[matched]].numpy(),
+                               ref["proposal_objectness_logits"][matched.numpy()], atol=1e-3)
+
+
+def test_box_head_probabilities_on_reference_proposals(predictor):
+    # detectron2 stored the classifier's probabilities for the astronaut case only.
+    ref = dict(np.load(D2_MINI / "astronaut.npz"))
+    heads = predictor.model.roi_heads
+    with torch.inference_mode():
+        outputs = predictor.model(preprocess([ref["image_rgb"]], predictor.config.input))
+        pooled, levels = heads.box_pooler(outputs.pyramid, [torch.from_numpy(ref["proposal_boxes"])])
+        logits, _ = heads.box_predictor(heads.box_head(pooled))
+    assert np.array_equal(levels.numpy() - 2, ref["proposal_levels"])
+    np.testing.assert_allclose(torch.softmax(logits, -1).numpy(), ref["roi_cls_probs"], atol=1e-4)
+
+
+def test_detections_in_input_coordinates(case):
+    _, ref, _, outputs, _ = case
+    det = outputs.instances[0]
+    assert np.array_equal(det.labels.numpy(), ref["det_classes_input"])
+    np.testing.assert_allclose(det.boxes.numpy(), ref["det_boxes_input"], atol=1e-2)
+    np.testing.assert_allclose(det.scores.numpy(), ref["det_scores_input"], atol=1e-3)
+    np.testing.assert_allclose(det.mask_probs.numpy(), ref["det_mask_probs"], atol=1e-2)
+
+
+def test_final_instances(case):
+    _, ref, _, _, result = case
+    inst = result.instances
+    assert len(inst) == len(ref["scores"]) == 100
+    assert np.array_equal(inst.labels, ref["pred_classes"])
+    np.testing.assert_allclose(inst.boxes, ref["pred_boxes"], atol=1e-2)
+    np.testing.assert_allclose(inst.scores, ref["scores"], atol=1e-3)
+    inter = (inst.masks & ref["pred_masks"]).sum(axis=(1, 2))
+    union = (inst.masks | ref["pred_masks"]).sum(axis=(1, 2))
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    assert iou.min() >= 0.98
+    assert set(np.unique(inst.levels)) <= {2, 3, 4, 5}
+
+
+def test_semantic_logits_and_argmax(case, predictor):
+    _, ref, batch, outputs, result = case
+    logits = semantic_logits_to_image(outputs.semantic_logits[0], batch.image_sizes[0], tuple(ref["image_hw"]))
+    assert tuple(outputs.semantic_logits.shape) == tuple(ref["sem_seg_padded_shape"])
+    np.testing.assert_allclose(logits[:, ::8, ::8].numpy(), ref["sem_seg_logits_sub8"], rtol=1e-3, atol=1e-3)
+    confident = ref["sem_seg_margin"].astype(np.float32) > 1e-3
+    agree = result.semantic.labels == ref["sem_seg_argmax"]
+    assert agree[confident].all()
+    assert agree.mean() >= 0.995
+
+
+def test_panoptic_segments(case):
+    _, ref, _, _, result = case
+    ref_info = json.loads(str(ref["segments_info_json"]))
+    ours = result.panoptic
+    # Same segments in the same order: things by score, then stuff by label.
+    assert [(s.isthing, s.label) for s in ours.segments] == [(s["isthing"], s["category_id"]) for s in ref_info]
+    assert [s.instance for s in ours.segments if s.isthing] == [s["instance_id"] for s in ref_info if s["isthing"]]
+    assert (ours.segment_ids == ref["panoptic_seg"]).mean() >= 0.999
+    # PQ of ours against theirs; things keep their label, stuff labels are moved past them.
+    def category(isthing, label):
+        return label if isthing else 1000 + label
+
+    ref_segments = [{"id": s["id"], "category_id": category(s["isthing"], s["category_id"]), "iscrowd": 0,
+                     "isthing": s["isthing"]} for s in ref_info]
+    our_segments = [{"id": s.id, "category_id": category(s.isthing, s.label)} for s in ours.segments]
+    categories = {(s["category_id"], s["category_id"] < 1000) for s in ref_segments + our_segments}
+    pq = PanopticQuality([{"id": c, "isthing": t} for c, t in categories])
+    pq.update(ref["panoptic_seg"], ref_segments, ours.segment_ids, our_segments)
+    assert pq.summarize()["All"]["pq"] >= 0.98
