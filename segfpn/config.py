@@ -53,12 +53,14 @@ class BackboneConfig:
     stride_in_1x1: bool = False
     norm: Norm = "frozen_bn"
     norm_eps: float = 1e-5
+    norm_groups: int = 32  # for norm="gn"
 
 
 @dataclass(frozen=True, kw_only=True)
 class FPNConfig:
     out_channels: int = 256
     norm: Norm = "none"
+    norm_groups: int = 32  # for norm="gn"
 
 
 @dataclass(frozen=True, kw_only=True)

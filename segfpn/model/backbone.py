@@ -22,15 +22,16 @@ class Bottleneck(nn.Module):
     """
 
     def __init__(self, in_channels: int, bottleneck_channels: int, out_channels: int, *, stride: int,
-                 stride_in_1x1: bool, norm: Norm, eps: float):
+                 stride_in_1x1: bool, norm: Norm, eps: float, groups: int = 32):
         super().__init__()
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = ConvNorm(in_channels, bottleneck_channels, 1, stride=stride_1x1, norm=norm, eps=eps)
-        self.conv2 = ConvNorm(bottleneck_channels, bottleneck_channels, 3, stride=stride_3x3, norm=norm, eps=eps)
-        self.conv3 = ConvNorm(bottleneck_channels, out_channels, 1, norm=norm, eps=eps)
+        kw = dict(norm=norm, eps=eps, num_groups=groups)
+        self.conv1 = ConvNorm(in_channels, bottleneck_channels, 1, stride=stride_1x1, **kw)
+        self.conv2 = ConvNorm(bottleneck_channels, bottleneck_channels, 3, stride=stride_3x3, **kw)
+        self.conv3 = ConvNorm(bottleneck_channels, out_channels, 1, **kw)
         self.shortcut = None
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = ConvNorm(in_channels, out_channels, 1, stride=stride, norm=norm, eps=eps)
+            self.shortcut = ConvNorm(in_channels, out_channels, 1, stride=stride, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
@@ -48,7 +49,8 @@ class ResNet(nn.Module):
         if config.depth not in STAGE_BLOCKS:
             raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {config.depth}")
         self.config = config
-        self.stem = ConvNorm(3, config.stem_channels, 7, stride=2, norm=config.norm, eps=config.norm_eps)
+        self.stem = ConvNorm(3, config.stem_channels, 7, stride=2, norm=config.norm, eps=config.norm_eps,
+                             num_groups=config.norm_groups)
         in_channels = config.stem_channels
         out_channels = config.res2_out_channels
         bottleneck = config.bottleneck_channels
@@ -61,7 +63,7 @@ class ResNet(nn.Module):
                 blocks.append(Bottleneck(in_channels, bottleneck, out_channels,
                                          stride=first_stride if b == 0 else 1,
                                          stride_in_1x1=config.stride_in_1x1, norm=config.norm,
-                                         eps=config.norm_eps))
+                                         eps=config.norm_eps, groups=config.norm_groups))
                 in_channels = out_channels
             self.stages[name] = nn.Sequential(*blocks)
             self.out_channels[name] = out_channels

@@ -10,6 +10,7 @@ from torch import nn
 from segfpn.config import ModelConfig
 from segfpn.model.backbone import ResNet
 from segfpn.model.fpn import FPN, PYRAMID_STRIDES
+from segfpn.model.losses import Targets, semantic_loss
 from segfpn.model.preprocess import ImageBatch
 from segfpn.model.roi_heads import InstanceOutputs, RoIHeads
 from segfpn.model.rpn import RPN, Proposals
@@ -53,3 +54,17 @@ class SegFPN(nn.Module):
         semantic = self.semantic_head(pyramid) if self.semantic_head is not None else None
         return NetworkOutputs(bottom_up=bottom_up, pyramid=pyramid, proposals=proposals, instances=instances,
                               semantic_logits=semantic)
+
+    def losses(self, images: ImageBatch, targets: list[Targets]) -> dict[str, torch.Tensor]:
+        """Training losses of a batch: RPN, box, mask, and semantic (when the branch exists).
+
+        ``targets`` hold one :class:`Targets` per image, in network-input pixels.
+        """
+        pyramid = self.fpn(self.backbone(images.tensor))
+        proposals, losses = self.rpn(pyramid, images.image_sizes, images.padded_size, targets)
+        losses.update(self.roi_heads.losses(pyramid, proposals, targets))
+        if self.semantic_head is not None:
+            cfg = self.config.semantic_head
+            losses["loss_semantic"] = semantic_loss(self.semantic_head(pyramid), targets, ignore_value=cfg.ignore_value,
+                                                    weight=cfg.loss_weight)
+        return losses

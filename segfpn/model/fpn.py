@@ -28,8 +28,9 @@ class FPN(nn.Module):
         self.output = nn.ModuleDict()
         for c_name, channels in in_channels.items():
             p_name = "p" + c_name[1:]
-            self.lateral[p_name] = ConvNorm(channels, config.out_channels, 1, norm=config.norm)
-            self.output[p_name] = ConvNorm(config.out_channels, config.out_channels, 3, norm=config.norm)
+            kw = dict(norm=config.norm, num_groups=config.norm_groups)
+            self.lateral[p_name] = ConvNorm(channels, config.out_channels, 1, **kw)
+            self.output[p_name] = ConvNorm(config.out_channels, config.out_channels, 3, **kw)
         self.out_channels = config.out_channels
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ from torch import nn
 
 from segfpn.config import ModelConfig
 from segfpn.model.box_head import BoxHead, BoxPredictor, select_detections
+from segfpn.model.losses import Targets, box_head_losses, mask_loss, mask_targets, sample_rois
 from segfpn.model.mask_head import MaskHead, class_mask_probabilities
 from segfpn.model.poolers import LevelRoIPooler
 from segfpn.model.rpn import Proposals
@@ -70,3 +71,22 @@ class RoIHeads(nn.Module):
                                            box_levels=box_levels))
             start = end
         return outputs
+
+    def losses(self, features: dict[str, torch.Tensor], proposals: list[Proposals],
+               targets: list[Targets]) -> dict[str, torch.Tensor]:
+        """Box classification/regression losses on sampled RoIs, and the mask loss on their foreground."""
+        box_cfg = self.config.box_head
+        rois = [sample_rois(p.boxes, t, batch_size=box_cfg.batch_size_per_image,
+                            positive_fraction=box_cfg.positive_fraction, iou_threshold=box_cfg.iou_threshold)
+                for p, t in zip(proposals, targets)]
+        pooled, _ = self.box_pooler(features, [r.boxes for r in rois])
+        class_logits, box_deltas = self.box_predictor(self.box_head(pooled))
+        losses = box_head_losses(class_logits, box_deltas, rois, targets,
+                                 background_index=box_cfg.background_index, box_weights=box_cfg.box_weights)
+        fg_boxes = [r.boxes[r.foreground] for r in rois]
+        side = 2 * self.config.mask_head.pooler_resolution
+        mask_features, _ = self.mask_pooler(features, fg_boxes)
+        labels = torch.cat([r.labels[r.foreground] for r in rois])
+        gt = torch.cat([mask_targets(t.masks[r.matched[r.foreground]], b, side) for r, t, b in zip(rois, targets, fg_boxes)])
+        losses["loss_mask"] = mask_loss(self.mask_head(mask_features), labels, gt)
+        return losses

@@ -12,6 +12,7 @@ from torchvision.ops import batched_nms
 from segfpn.config import RPNConfig
 from segfpn.model.anchors import AnchorGenerator
 from segfpn.model.boxes import clip_boxes, decode_boxes, nonempty
+from segfpn.model.losses import Targets, rpn_losses
 
 RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 
@@ -64,16 +65,27 @@ class RPN(nn.Module):
         self.head = RPNHead(in_channels, self.anchor_generator.num_anchors, num_convs=config.num_convs)
 
     def forward(self, features: dict[str, torch.Tensor], image_sizes: list[tuple[int, int]],
-                padded_size: tuple[int, int]) -> tuple[list[Proposals], dict]:
+                padded_size: tuple[int, int], targets: list[Targets] | None = None) -> tuple[list[Proposals], dict]:
+        """Proposals per image, and with ``targets`` the RPN losses (averaged over images)."""
         maps = [features[name] for name in self.level_names]
         logits, deltas = self.head(maps)
         anchors = self.anchor_generator([tuple(m.shape[-2:]) for m in maps], padded_size)
+        training = targets is not None
         proposals = [
-            self.select_proposals([l[i] for l in logits], [d[i] for d in deltas], anchors, image_sizes[i])
+            self.select_proposals([l[i] for l in logits], [d[i] for d in deltas], anchors, image_sizes[i],
+                                  training=training)
             for i in range(len(image_sizes))
         ]
-        raw = {"objectness": logits, "deltas": deltas, "anchors": anchors}
-        return proposals, raw
+        losses = {}
+        if training:
+            cfg = self.config
+            all_anchors = torch.cat(anchors)
+            per_image = [rpn_losses(torch.cat([l[i] for l in logits]), torch.cat([d[i] for d in deltas]), all_anchors,
+                                    t, batch_size=cfg.batch_size_per_image, positive_fraction=cfg.positive_fraction,
+                                    iou_thresholds=cfg.iou_thresholds, box_weights=RPN_BOX_WEIGHTS)
+                         for i, t in enumerate(targets)]
+            losses = {k: sum(p[k] for p in per_image) / len(per_image) for k in per_image[0]}
+        return proposals, losses
 
     def select_proposals(self, logits: list[torch.Tensor], deltas: list[torch.Tensor], anchors: list[torch.Tensor],
                          image_size: tuple[int, int], *, training: bool = False) -> Proposals:

@@ -1,0 +1,387 @@
+"""segfpn's web app: upload a photo, press Segment, look at the result one view per tab.
+
+    python app.py                                # http://127.0.0.1:7860
+    python app.py --host 0.0.0.0 --port 8080 --weights weights/model_final_cafdb1.pkl
+
+Flags and their environment variables: --host / SEGFPN_HOST (default 127.0.0.1, or
+GRADIO_SERVER_NAME as set on Hugging Face Spaces), --port / SEGFPN_PORT (default 7860, or
+GRADIO_SERVER_PORT), --weights / SEGFPN_WEIGHTS (a file or a known name, several separated by
+commas, tried in order; default: the catalogue's default checkpoint), --device / SEGFPN_DEVICE
+(default CUDA when present). SEGFPN_OFFLINE=1 never downloads.
+
+This file is the UI only: the layout, the events and the queue. Reading, inference, drawing
+and the download files live in :mod:`segfpn.app_state` (drawing itself in :mod:`segfpn.viz`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from segfpn import app_state
+from segfpn.app_state import ACTIVATION_MODE_CHOICES, LEVELS, SEGMENT_COLUMNS, ModelSource, Run
+from segfpn.imageio import ImageError
+
+logger = logging.getLogger("segfpn.app")
+
+HERE = Path(__file__).resolve().parent
+EXAMPLES_DIR = HERE / "examples" / "images"
+#: Shown first in the examples gallery; any other image in the folder follows.
+EXAMPLE_ORDER = ("cyclists_33823288584.jpg", "dogs_people_16004479832.jpg",
+                 "street_wide_17790319373.jpg", "voc2007_000001_portrait.jpg", "astronaut.png",
+                 "coffee.png", "chelsea_cat.png", "camera_gray.png", "horse_rgba.png")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
+#: One model, one request at a time; at most this many requests wait in the queue.
+QUEUE_SIZE = 16
+#: Largest upload accepted (the server refuses bigger ones before reading them).
+MAX_FILE_SIZE = "25mb"
+#: Sessions whose last run is kept (features and masks: up to ~200 MB each for a full-size
+#: model), and for how long after their last use.
+MAX_SESSIONS = 32
+SESSION_TTL_S = 3600
+
+TITLE = "segfpn · Mask R-CNN and Panoptic FPN, level by level"
+INTRO = ("Upload a photo (or pick an example) and press **Segment**: instance masks, semantic and "
+         "panoptic segmentation, the feature pyramid the heads read from, and which pyramid level "
+         "each detection's RoI was pooled from. Every control redraws from the last run; only "
+         "Segment runs the model.")
+THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="sky")
+CSS = """
+.status-warning { border-left: 4px solid #d97706; padding: 0.5em 1em; background: #fffbeb; color: #1f2937; }
+.status-ok { opacity: 0.85; }
+.run-info { min-height: 3em; }
+"""
+
+from gradio.events import Dependency
+
+class ImageUpload(gr.Image):
+    """``gr.Image`` whose upload reaches the event undecoded, as a file path (or bytes for a
+    pasted image): :func:`segfpn.read_image` decodes it, so a damaged or non-image file gets
+    its clear message as a ``gr.Error`` instead of failing inside gradio."""
+
+    is_template = True  # rendered by the frontend as a plain gr.Image
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        if payload.path:
+            return payload.path
+        if payload.url and payload.url.startswith("data:"):
+            return base64.b64decode(payload.url.split(",", 1)[-1])
+        raise gr.Error("The upload did not arrive; please try again.")
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def example_images(folder: Path = EXAMPLES_DIR) -> list[str]:
+    """The example photos, in :data:`EXAMPLE_ORDER` first."""
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    rank = {name: i for i, name in enumerate(EXAMPLE_ORDER)}
+    return [str(p) for p in sorted(files, key=lambda p: (rank.get(p.name, len(rank)), p.name))]
+
+
+@contextlib.contextmanager
+def user_errors(what: str):
+    """Turn any failure into a ``gr.Error`` with its message: the server keeps serving."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except ImageError as e:
+        raise gr.Error(str(e), title="Cannot read this image") from e
+    except app_state.ModelUnavailable as e:
+        raise gr.Error(f"No model is loaded: {e}", title="No model", duration=None) from e
+    except Exception as e:
+        logger.exception("%s failed", what)
+        raise gr.Error(f"{what} failed: {e}") from e
+
+
+def _require(run: Run | None) -> bool:
+    """True when there is a run to draw from; else a notice and False (the event skips)."""
+    if isinstance(run, Run):
+        return True
+    gr.Warning("Press Segment first: the views are drawn from the last run of this session.")
+    return False
+
+
+class Events:
+    """The event functions: each one reads, runs or draws through :mod:`segfpn.app_state`."""
+
+    def __init__(self, source: ModelSource, *, max_side: int = app_state.MAX_SIDE):
+        self.source = source
+        self.max_side = max_side
+
+    def segment(self, image, score, opacity, show_boxes, show_labels, previous):
+        """Run the model once; keep the run in the session; return the instance overlay, the
+        downloads and the run's summary."""
+        if image is None:
+            raise gr.Error("Upload an image or pick an example first.")
+        with user_errors("Segmentation"):
+            predictor = self.source.get()
+            name = Path(image).name if isinstance(image, str) else "pasted image"
+            run = app_state.run_model(predictor, image, name=name, max_side=self.max_side)
+            app_state.release_dirs(previous)
+            start = time.perf_counter()
+            overlay = app_state.draw_instance_view(run, score_threshold=score, alpha=opacity,
+                                                   show_boxes=show_boxes, show_labels=show_labels)
+            files = app_state.write_downloads(run, overlay, app_state.new_request_dir(run),
+                                              categories=predictor.categories)
+            run.timings["drawing"] = time.perf_counter() - start
+        return (run, overlay, files["overlay"], files["instances"], files["panoptic_png"],
+                files["panoptic_json"], app_state.run_summary(run))
+
+    def draw_views(self, run, score, level, mode, channel, roi_source):
+        """After Segment: every other tab, drawn from the run."""
+        if not _require(run):
+            return [gr.skip()] * 12
+        with user_errors("Drawing"):
+            start = time.perf_counter()
+            semantic = app_state.draw_semantic_view(run)
+            panoptic = self._panoptic(run)
+            rows = app_state.segment_rows(run)
+            activation, info, channel = app_state.activation_view(run, level, mode, channel)
+            levels, levels_text = app_state.levels_view(run, score_threshold=score, source=roi_source)
+            summary = app_state.instance_summary(run, score_threshold=score, classes=None)
+            run.timings["drawing"] = run.timings.get("drawing", 0.0) + time.perf_counter() - start
+        return (gr.Dropdown(choices=app_state.class_choices(run), value=[]), summary, semantic,
+                panoptic, rows, "", activation, info, self._channel_slider(run, level, channel),
+                levels, levels_text, app_state.run_summary(run))
+
+    def redraw_instances(self, run, score, opacity, classes, show_boxes, show_labels):
+        """The instance overlay again, with new display settings (the model does not run)."""
+        if not _require(run):
+            return gr.skip(), gr.skip(), gr.skip()
+        with user_errors("Drawing"):
+            overlay = app_state.draw_instance_view(run, score_threshold=score, alpha=opacity,
+                                                   classes=classes, show_boxes=show_boxes,
+                                                   show_labels=show_labels)
+            path = app_state.write_overlay(run, overlay, app_state.new_request_dir(run))
+            summary = app_state.instance_summary(run, score_threshold=score, classes=classes)
+        return overlay, path, summary
+
+    def inspect(self, run, level, mode, channel):
+        """One pyramid level of the last run, summarised by ``mode``, over the image."""
+        if not _require(run):
+            return gr.skip(), gr.skip(), gr.skip()
+        with user_errors("Inspector"):
+            activation, info, channel = app_state.activation_view(run, level, mode, channel)
+        return activation, info, self._channel_slider(run, level, channel)
+
+    def roi_levels(self, run, score, classes, roi_source):
+        """The detections' boxes coloured by the pyramid level their RoI was pooled from."""
+        if not _require(run):
+            return gr.skip(), gr.skip()
+        with user_errors("Drawing"):
+            return app_state.levels_view(run, score_threshold=score, classes=classes,
+                                         source=roi_source)
+
+    def select_segment(self, run, evt: gr.SelectData):
+        """A row of the segment table selected: single out its segment in the panoptic view."""
+        if not _require(run) or run.result.panoptic is None:
+            return gr.skip(), gr.skip()
+        with user_errors("Drawing"):
+            row = evt.row_value or app_state.segment_rows(run)[evt.index[0]]
+            segment_id = int(row[0])
+            return self._panoptic(run, highlight=segment_id), app_state.segment_details(run, segment_id)
+
+    def show_all_segments(self, run):
+        if not _require(run):
+            return gr.skip(), gr.skip()
+        with user_errors("Drawing"):
+            return self._panoptic(run), ""
+
+    @staticmethod
+    def _panoptic(run: Run, highlight: int | None = None):
+        view = app_state.panoptic_view(run, highlight=highlight)
+        if view is None:
+            return gr.AnnotatedImage(value=None)
+        base, annotations, color_map = view
+        return gr.AnnotatedImage(value=(base, annotations), color_map=color_map)
+
+    @staticmethod
+    def _channel_slider(run: Run, level: str, channel: int):
+        last = app_state.level_channels(run, level) - 1
+        return gr.Slider(maximum=last, value=channel, label=f"Channel (0–{last}, for “single channel”)")
+
+
+def _as_source(model) -> ModelSource:
+    """A :class:`ModelSource` from a source, a predictor, a loader callable, or checkpoint names."""
+    if isinstance(model, ModelSource):
+        return model
+    if hasattr(model, "predict"):
+        return ModelSource.from_predictor(model)
+    if callable(model):
+        return ModelSource.from_factory(model)
+    return ModelSource(app_state.candidate_checkpoints(model))
+
+
+def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_state.MAX_SIDE,
+               queue_size: int = QUEUE_SIZE) -> gr.Blocks:
+    """The app's Blocks, queue configured.
+
+    ``model``: a :class:`~segfpn.predictor.Predictor` (or anything with its ``predict``), a
+    :class:`~segfpn.app_state.ModelSource`, or checkpoint names/paths to try in order. The
+    model is loaded here, once; when none is available the page says what to fetch, and
+    Segment answers with a clear error (and tries the disk again).
+    """
+    source = _as_source(model)
+    predictor = source.try_get()
+    events = Events(source, max_side=max_side)
+    panoptic_tabs = predictor is None or predictor.has_semantic_head
+
+    with gr.Blocks(title="segfpn", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+        run_state = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=app_state.release_dirs)
+        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        gr.Markdown(source.describe(), elem_id="model-status",
+                    elem_classes=["status-ok" if predictor is not None else "status-warning"])
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                image_in = ImageUpload(label="Image", type="filepath", sources=["upload", "clipboard"],
+                                       height=340, elem_id="input-image")
+                segment_btn = gr.Button("Segment", variant="primary", elem_id="segment-button")
+                run_info = gr.Markdown("Upload an image or pick an example, then press **Segment**.",
+                                       elem_id="run-info", elem_classes=["run-info"])
+                gr.Examples([[p] for p in example_images(examples_dir)], inputs=[image_in],
+                            label="Examples: real photos (sources and licences in "
+                                  "examples/images/PROVENANCE.md)", examples_per_page=9)
+            with gr.Column(scale=5, min_width=480):
+                with gr.Tabs():
+                    with gr.Tab("Instances", id="instances"):
+                        overlay = gr.Image(label="Instances", format="png", interactive=False,
+                                           buttons=["download", "fullscreen"], elem_id="instances-image")
+                        instance_info = gr.Markdown()
+                        with gr.Row():
+                            score = gr.Slider(0.0, 1.0, 0.5, step=0.01, label="Score threshold")
+                            opacity = gr.Slider(0.0, 1.0, 0.5, step=0.05, label="Mask opacity")
+                        with gr.Row():
+                            classes = gr.Dropdown(choices=[], value=[], multiselect=True, scale=3,
+                                                  label="Classes", info="Empty: every class")
+                            show_boxes = gr.Checkbox(True, label="Boxes", scale=1)
+                            show_labels = gr.Checkbox(True, label="Labels", scale=1)
+                    with gr.Tab("Semantic", id="semantic", visible=panoptic_tabs):
+                        semantic = gr.Image(label="Semantic segmentation", format="png",
+                                            interactive=False, buttons=["download", "fullscreen"])
+                    with gr.Tab("Panoptic", id="panoptic", visible=panoptic_tabs):
+                        panoptic = gr.AnnotatedImage(label="Panoptic segmentation (hover the legend)",
+                                                     format="png", elem_id="panoptic-image")
+                        with gr.Row():
+                            selection = gr.Markdown()
+                            show_all = gr.Button("Show all segments", size="sm", scale=0)
+                        table = gr.Dataframe(headers=list(SEGMENT_COLUMNS), interactive=False,
+                                             datatype=["number", "str", "str", "number", "number", "str"],
+                                             label="Segments: select a row to single it out",
+                                             max_height=320)
+                    with gr.Tab("Pyramid inspector", id="pyramid"):
+                        with gr.Row():
+                            level = gr.Radio(list(LEVELS), value="p3", label="Level",
+                                             info="c2–c5: bottom-up ResNet stages · p2–p6: FPN outputs",
+                                             elem_id="level-radio")
+                        with gr.Row():
+                            mode = gr.Radio(list(ACTIVATION_MODE_CHOICES), value="mean_abs",
+                                            label="Show", scale=3, elem_id="mode-radio")
+                            channel = gr.Slider(0, 255, 0, step=1, scale=2,
+                                                label="Channel (for “single channel”)")
+                        pyramid = gr.Image(label="Activation over the image", format="png",
+                                           interactive=False, elem_id="pyramid-image")
+                        pyramid_info = gr.Markdown(elem_id="pyramid-info")
+                    with gr.Tab("RoI levels", id="levels"):
+                        roi_source = gr.Radio([("mask head: RoI of the final box", "mask"),
+                                               ("box head: RoI of the proposal", "box")],
+                                              value="mask", label="RoI")
+                        levels = gr.Image(label="Boxes coloured by RoI level", format="png",
+                                          interactive=False)
+                        levels_info = gr.Markdown(app_state.viz.level_rule_text())
+                    with gr.Tab("Downloads", id="downloads"):
+                        gr.Markdown("Files of the last run. Coordinates refer to the image as "
+                                    f"segmented (downscaled when its longest side is above "
+                                    f"{max_side} px). The COCO results hold every detection; "
+                                    "the overlay follows the Instances controls.")
+                        with gr.Row():
+                            file_overlay = gr.File(label="Overlay (PNG)")
+                            file_coco = gr.File(label="Instances: COCO results JSON (RLE masks)")
+                        with gr.Row():
+                            file_panoptic_png = gr.File(label="Panoptic: COCO panoptic PNG")
+                            file_panoptic_json = gr.File(label="Panoptic: segments JSON")
+
+        # Segment runs the model; everything after it only draws from the session's run.
+        segment_btn.click(
+            events.segment, [image_in, score, opacity, show_boxes, show_labels, run_state],
+            [run_state, overlay, file_overlay, file_coco, file_panoptic_png, file_panoptic_json, run_info],
+            api_name="segment", concurrency_id="model",
+        ).success(
+            events.draw_views, [run_state, score, level, mode, channel, roi_source],
+            [classes, instance_info, semantic, panoptic, table, selection, pyramid, pyramid_info,
+             channel, levels, levels_info, run_info],
+            api_visibility="private", concurrency_id="draw", concurrency_limit=2,
+        )
+        draw = dict(trigger_mode="always_last", show_progress="minimal", concurrency_id="draw",
+                    concurrency_limit=2)
+        gr.on([score.input, opacity.input, classes.input, show_boxes.input, show_labels.input],
+              events.redraw_instances, [run_state, score, opacity, classes, show_boxes, show_labels],
+              [overlay, file_overlay, instance_info], api_name="redraw_instances", **draw)
+        gr.on([score.input, classes.input, roi_source.input], events.roi_levels,
+              [run_state, score, classes, roi_source], [levels, levels_info], api_name="roi_levels", **draw)
+        gr.on([level.input, mode.input, channel.input], events.inspect, [run_state, level, mode, channel],
+              [pyramid, pyramid_info, channel], api_name="inspect", **draw)
+        table.select(events.select_segment, [run_state], [panoptic, selection], api_visibility="private",
+                     concurrency_id="draw", concurrency_limit=2)
+        show_all.click(events.show_all_segments, [run_state], [panoptic, selection],
+                       api_visibility="private", concurrency_id="draw", concurrency_limit=2)
+
+    demo.queue(default_concurrency_limit=1, max_size=queue_size)
+    return demo
+
+
+def launch(demo: gr.Blocks, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+           examples_dir: Path = EXAMPLES_DIR, **kwargs):
+    """Serve ``demo`` with the app's limits and look; ``kwargs`` go to ``Blocks.launch``."""
+    return demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE,
+                       state_session_capacity=MAX_SESSIONS, allowed_paths=[str(examples_dir)],
+                       theme=THEME, css=CSS, **kwargs)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description="Serve the segfpn web app.")
+    parser.add_argument("--host", default=env("SEGFPN_HOST") or env("GRADIO_SERVER_NAME") or DEFAULT_HOST,
+                        help="address to bind (SEGFPN_HOST; default %(default)s; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int,
+                        default=int(env("SEGFPN_PORT") or env("GRADIO_SERVER_PORT") or DEFAULT_PORT),
+                        help="port (SEGFPN_PORT; default %(default)s)")
+    parser.add_argument("--weights", default=env("SEGFPN_WEIGHTS") or None,
+                        help="checkpoint file or known name, several separated by commas and tried "
+                             "in order (SEGFPN_WEIGHTS; default: "
+                             f"{app_state.catalogue.default_checkpoint().name})")
+    parser.add_argument("--device", default=env("SEGFPN_DEVICE") or None,
+                        help="torch device (SEGFPN_DEVICE; default: cuda when present, else cpu)")
+    parser.add_argument("--max-side", type=int, default=app_state.MAX_SIDE,
+                        help="downscale uploads whose longest side is above this (default %(default)s)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    source = ModelSource(app_state.candidate_checkpoints(args.weights), device=args.device)
+    demo = build_demo(source, max_side=args.max_side)
+    if not source.available:
+        logger.warning("no model loaded; the page says what to fetch:\n%s", source.describe())
+    launch(demo, host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()
