@@ -46,7 +46,7 @@ class BackboneConfig:
     in the 3x3 conv. ``bottleneck_channels``: width of res2's bottleneck (doubles per stage).
     """
 
-    depth: Literal[50, 101] = 50
+    depth: Literal[18, 34, 50, 101] = 50
     stem_channels: int = 64
     res2_out_channels: int = 256
     bottleneck_channels: int = 64

@@ -9,8 +9,9 @@ from torch import nn
 from segfpn.config import BackboneConfig, Norm
 from segfpn.model.layers import ConvNorm
 
-#: Blocks per stage (res2..res5) by depth.
-STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+#: Blocks per stage (res2..res5) by depth; 18 and 34 use basic blocks, 50 and 101 bottlenecks.
+STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+BASIC_BLOCK_DEPTHS = (18, 34)
 #: Output names and strides of the bottom-up levels.
 BOTTOM_UP_STRIDES = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
 
@@ -41,8 +42,30 @@ class Bottleneck(nn.Module):
         return F.relu(out + identity)
 
 
+class BasicBlock(nn.Module):
+    """3x3 -> 3x3 with a projection shortcut when the shape changes (ResNet-18/34)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int, norm: Norm, eps: float, groups: int = 32):
+        super().__init__()
+        kw = dict(norm=norm, eps=eps, num_groups=groups)
+        self.conv1 = ConvNorm(in_channels, out_channels, 3, stride=stride, **kw)
+        self.conv2 = ConvNorm(out_channels, out_channels, 3, **kw)
+        self.shortcut = None
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = ConvNorm(in_channels, out_channels, 1, stride=stride, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.shortcut is None else self.shortcut(x)
+        out = F.relu(self.conv1(x))
+        return F.relu(self.conv2(out) + identity)
+
+
 class ResNet(nn.Module):
-    """Input ``[B, 3, H, W]`` float; returns ``{"c2": [B, C2, H/4, W/4], ..., "c5": [B, C5, H/32, W/32]}``."""
+    """Input ``[B, 3, H, W]`` float; returns ``{"c2": [B, C2, H/4, W/4], ..., "c5": [B, C5, H/32, W/32]}``.
+
+    Depth 18/34: basic blocks, c2 has ``res2_out_channels`` channels; 50/101: bottlenecks of width
+    ``bottleneck_channels`` in res2. Channels double at every stage.
+    """
 
     def __init__(self, config: BackboneConfig):
         super().__init__()
@@ -60,10 +83,15 @@ class ResNet(nn.Module):
             first_stride = 1 if i == 0 else 2
             blocks = []
             for b in range(num_blocks):
-                blocks.append(Bottleneck(in_channels, bottleneck, out_channels,
-                                         stride=first_stride if b == 0 else 1,
-                                         stride_in_1x1=config.stride_in_1x1, norm=config.norm,
-                                         eps=config.norm_eps, groups=config.norm_groups))
+                stride = first_stride if b == 0 else 1
+                if config.depth in BASIC_BLOCK_DEPTHS:
+                    block = BasicBlock(in_channels, out_channels, stride=stride, norm=config.norm,
+                                       eps=config.norm_eps, groups=config.norm_groups)
+                else:
+                    block = Bottleneck(in_channels, bottleneck, out_channels, stride=stride,
+                                       stride_in_1x1=config.stride_in_1x1, norm=config.norm,
+                                       eps=config.norm_eps, groups=config.norm_groups)
+                blocks.append(block)
                 in_channels = out_channels
             self.stages[name] = nn.Sequential(*blocks)
             self.out_channels[name] = out_channels
