@@ -24,6 +24,11 @@ import time
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
+from gradio import processing_utils
+from gradio.components.annotated_image import AnnotatedImageData, Annotation
+from gradio.data_classes import FileData
+from PIL import Image
 
 from segfpn import app_state
 from segfpn.app_state import ACTIVATION_MODE_CHOICES, LEVELS, SEGMENT_COLUMNS, ModelSource, Run
@@ -77,6 +82,35 @@ class ImageUpload(gr.Image):
         if payload.url and payload.url.startswith("data:"):
             return base64.b64decode(payload.url.split(",", 1)[-1])
         raise gr.Error("The upload did not arrive; please try again.")
+
+
+class SegmentsImage(gr.AnnotatedImage):
+    """``gr.AnnotatedImage`` for many segments: each mask goes to the browser as a two-colour
+    palette PNG (transparent, or the segment's colour at :attr:`MASK_OPACITY`), which is about
+    four times faster to make than gradio's float RGBA masks. Same frontend, same events."""
+
+    is_template = True  # rendered by the frontend as a plain gr.AnnotatedImage
+    MASK_OPACITY = 0.6
+
+    def postprocess(self, value):
+        """``value``: ``(base uint8 [H, W, 3], [(mask bool [H, W], label), ...])`` or None."""
+        if value is None:
+            return None
+        base, annotations = value
+        base_path = processing_utils.save_img_array_to_cache(base, cache_dir=self.GRADIO_CACHE,
+                                                             format=self.format)
+        colors = self.color_map or {}
+        alpha = round(255 * self.MASK_OPACITY)
+        sections = []
+        for mask, label in annotations:
+            mask = np.asarray(mask) > 0
+            rgb = colors.get(label, "#ff0000").lstrip("#")
+            image = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.astype(np.uint8).tobytes())
+            image.putpalette([0, 0, 0, *(int(rgb[i:i + 2], 16) for i in (0, 2, 4))])
+            image.info["transparency"] = bytes([0, alpha])
+            path = processing_utils.save_pil_to_cache(image, cache_dir=self.GRADIO_CACHE, format="png")
+            sections.append(Annotation(image=FileData(path=str(path)), label=label))
+        return AnnotatedImageData(image=FileData(path=str(base_path)), annotations=sections)
 
 
 def example_images(folder: Path = EXAMPLES_DIR) -> list[str]:
@@ -204,9 +238,9 @@ class Events:
     def _panoptic(run: Run, highlight: int | None = None):
         view = app_state.panoptic_view(run, highlight=highlight)
         if view is None:
-            return gr.AnnotatedImage(value=None)
+            return None
         base, annotations, color_map = view
-        return gr.AnnotatedImage(value=(base, annotations), color_map=color_map)
+        return gr.update(value=(base, annotations), color_map=color_map)
 
     @staticmethod
     def _channel_slider(run: Run, level: str, channel: int):
@@ -272,7 +306,7 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_
                         semantic = gr.Image(label="Semantic segmentation", format="png",
                                             interactive=False, buttons=["download", "fullscreen"])
                     with gr.Tab("Panoptic", id="panoptic", visible=panoptic_tabs):
-                        panoptic = gr.AnnotatedImage(label="Panoptic segmentation (hover the legend)",
+                        panoptic = SegmentsImage(label="Panoptic segmentation (hover the legend)",
                                                      format="png", elem_id="panoptic-image")
                         with gr.Row():
                             selection = gr.Markdown(label="Selected segment")
@@ -323,6 +357,7 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_
             [classes, instance_info, semantic, panoptic, table, selection, pyramid, pyramid_info,
              channel, levels, levels_info, run_info],
             api_visibility="private", concurrency_id="draw", concurrency_limit=2,
+            show_progress_on=[semantic, panoptic, pyramid, levels],
         )
         draw = dict(trigger_mode="always_last", show_progress="minimal", concurrency_id="draw",
                     concurrency_limit=2)

@@ -379,7 +379,7 @@ def panoptic_view(run: Run, *, highlight: int | None = None,
     annotated image, or None without a panoptic result.
 
     The base image carries each segment's outline and class label (readable on any
-    background); each annotation is one segment's mask at 0.6 so the photo shows through.
+    background); each annotation is one segment's mask, bool [h, w] at the base's size.
     ``highlight``: a segment id to single out (the rest dimmed, only its mask annotated).
     Sent at most ``max_side`` px large: the view is for looking, the downloads are full size.
     """
@@ -396,7 +396,7 @@ def panoptic_view(run: Run, *, highlight: int | None = None,
         ids = cv2.resize(ids.astype(np.int32), size, interpolation=cv2.INTER_NEAREST)
     colors = viz.segment_colors(panoptic)
     segments = [s for s in panoptic.segments if highlight is None or s.id == highlight]
-    annotations = [((ids == s.id).astype(np.float32) * 0.6, segment_label(s)) for s in segments]
+    annotations = [(ids == s.id, segment_label(s)) for s in segments]
     color_map = {segment_label(s): _hex(colors[s.id]) for s in panoptic.segments}
     return base, annotations, color_map
 

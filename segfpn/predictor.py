@@ -172,9 +172,8 @@ def load(checkpoint: str | os.PathLike, *, arch: str | None = None, device: str 
 
         try:
             known = catalogue.find(str(checkpoint))
-        except KeyError:
-            raise CheckpointError(f"{checkpoint} is neither a file nor a known checkpoint name "
-                                  "(see `segfpn weights list`)") from None
+        except KeyError as exc:
+            raise CheckpointError(f"no file {checkpoint} exists, and it is not a known checkpoint name: {exc}") from None
         path = download.ensure_available(known)
     loaded = load_checkpoint(path, arch=arch, strict=strict, overrides=overrides)
     return Predictor(loaded.model, loaded.categories, device=device, arch=loaded.arch, precision=precision,
