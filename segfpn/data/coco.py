@@ -81,7 +81,7 @@ class CocoDataset:
         self._stuff_labels: dict[int, int] = {}
         self._annotations: dict[int, list[dict]] = {}
         self._panoptic: dict[int, dict] = {}
-        self._warned: set[tuple[int, object, str]] = set()
+        self._warned: set[tuple[int, str, str]] = set()
 
         images = None
         if self.instances_json is not None:
@@ -174,12 +174,12 @@ class CocoDataset:
             if problem is None:
                 try:
                     mask = decode_segmentation(ann["segmentation"], height=height, width=width)
-                except ValueError as exc:
+                except (ValueError, TypeError, OverflowError) as exc:
                     problem = f"segmentation cannot be decoded: {exc}"
             if problem is None and not mask.any():
                 problem = "segmentation decodes to an empty mask"
             if problem is not None:
-                self._warn(image_id, ann.get("id"), problem)
+                self._warn(image_id, f"annotation {ann.get('id')}", f"{problem}; skipped")
                 continue
             boxes.append(box)
             labels.append(self.categories.thing_label(ann["category_id"]))
@@ -194,7 +194,8 @@ class CocoDataset:
                 continue  # stuff, crowd or unknown (the semantic map reports unknown ones)
             mask = segment_ids == seg.get("id")
             if not mask.any():
-                self._warn(image_id, seg.get("id"), "panoptic segment has no pixel in its PNG")
+                self._warn(image_id, f"segment {seg.get('id')}",
+                           "panoptic segment has no pixel in its PNG; skipped")
                 continue
             boxes.append(_mask_box(mask))
             labels.append(self.categories.thing_label(seg["category_id"]))
@@ -236,8 +237,8 @@ class CocoDataset:
             elif category_id in self._stuff_labels:
                 value_of[seg.get("id")] = self._stuff_labels[category_id]
             else:
-                self._warn(image_id, seg.get("id"), f"category id {category_id} is not one of the "
-                           "model's classes; its pixels are ignored (255) in the semantic map")
+                self._warn(image_id, f"segment {seg.get('id')}", f"category id {category_id} is "
+                           "not one of the model's classes; its pixels are ignored (255)")
                 value_of[seg.get("id")] = IGNORE_LABEL
         ids, inverse = np.unique(segment_ids, return_inverse=True)
         lookup = np.full(len(ids), IGNORE_LABEL, dtype=np.int64)
@@ -245,18 +246,19 @@ class CocoDataset:
             if seg_id == 0:
                 continue  # void
             if seg_id not in value_of:
-                self._warn(image_id, seg_id, "segment id is in the panoptic PNG but not in "
-                           "segments_info; its pixels are ignored (255)")
+                self._warn(image_id, f"segment {seg_id}", "the id is in the panoptic PNG but not "
+                           "in segments_info; its pixels are ignored (255)")
                 continue
             lookup[i] = value_of[seg_id]
         return lookup[inverse.reshape(segment_ids.shape)]
 
-    def _warn(self, image_id, annotation_id, problem: str) -> None:
-        key = (image_id, annotation_id, problem)
+    def _warn(self, image_id, subject: str, message: str) -> None:
+        """Log ``image <id>, <subject>: <message>`` once per data set (and worker process)."""
+        key = (image_id, subject, message)
         if key in self._warned:
             return
         self._warned.add(key)
-        logger.warning("image %s, annotation %s: %s; skipped", image_id, annotation_id, problem)
+        logger.warning("image %s, %s: %s", image_id, subject, message)
 
 
 # -- annotations ----------------------------------------------------------------------------------
@@ -272,7 +274,7 @@ def decode_segmentation(segmentation, *, height: int, width: int) -> np.ndarray:
     if isinstance(segmentation, dict):
         size = segmentation.get("size")
         counts = segmentation.get("counts")
-        if not isinstance(size, (list, tuple)) or [int(v) for v in size] != [height, width]:
+        if not isinstance(size, (list, tuple)) or list(size) != [height, width]:
             raise ValueError(f"RLE size {size} is not the image size [{height}, {width}]")
         if isinstance(counts, list):
             if not all(isinstance(c, (int, np.integer)) and c >= 0 for c in counts):
