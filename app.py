@@ -53,6 +53,8 @@ MAX_FILE_SIZE = "25mb"
 #: model), and for how long after their last use.
 MAX_SESSIONS = 32
 SESSION_TTL_S = 3600
+#: Height of the result views in CSS px: portrait photos fit on a screen.
+VIEW_HEIGHT = 560
 
 TITLE = "segfpn · Mask R-CNN and Panoptic FPN, level by level"
 INTRO = ("Upload a photo (or pick an example) and press **Segment**: instance masks, semantic and "
@@ -67,50 +69,70 @@ CSS = """
 """
 
 
-class ImageUpload(gr.Image):
-    """``gr.Image`` whose upload reaches the event undecoded, as a file path (or bytes for a
-    pasted image): :func:`segfpn.read_image` decodes it, so a damaged or non-image file gets
-    its clear message as a ``gr.Error`` instead of failing inside gradio."""
+@contextlib.contextmanager
+def _without_pyi_stub():
+    """gradio writes a ``.pyi`` stub (a copy of the defining module) beside any module that
+    subclasses a component, for editors' hints on new events. The two subclasses below add no
+    event, so the stub is skipped rather than left as a stale copy of this file."""
+    from gradio import component_meta
 
-    is_template = True  # rendered by the frontend as a plain gr.Image
-
-    def preprocess(self, payload):
-        if payload is None:
-            return None
-        if payload.path:
-            return payload.path
-        if payload.url and payload.url.startswith("data:"):
-            return base64.b64decode(payload.url.split(",", 1)[-1])
-        raise gr.Error("The upload did not arrive; please try again.")
+    original = getattr(component_meta, "create_or_modify_pyi", None)
+    if original is not None:
+        component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        if original is not None:
+            component_meta.create_or_modify_pyi = original
 
 
-class SegmentsImage(gr.AnnotatedImage):
-    """``gr.AnnotatedImage`` for many segments: each mask goes to the browser as a two-colour
-    palette PNG (transparent, or the segment's colour at :attr:`MASK_OPACITY`), which is about
-    four times faster to make than gradio's float RGBA masks. Same frontend, same events."""
+with _without_pyi_stub():
 
-    is_template = True  # rendered by the frontend as a plain gr.AnnotatedImage
-    MASK_OPACITY = 0.6
+    class ImageUpload(gr.Image):
+        """``gr.Image`` whose upload reaches the event undecoded, as a file path (or bytes for a
+        pasted image): :func:`segfpn.read_image` decodes it, so a damaged or non-image file gets
+        its clear message as a ``gr.Error`` instead of failing inside gradio."""
 
-    def postprocess(self, value):
-        """``value``: ``(base uint8 [H, W, 3], [(mask bool [H, W], label), ...])`` or None."""
-        if value is None:
-            return None
-        base, annotations = value
-        base_path = processing_utils.save_img_array_to_cache(base, cache_dir=self.GRADIO_CACHE,
-                                                             format=self.format)
-        colors = self.color_map or {}
-        alpha = round(255 * self.MASK_OPACITY)
-        sections = []
-        for mask, label in annotations:
-            mask = np.asarray(mask) > 0
-            rgb = colors.get(label, "#ff0000").lstrip("#")
-            image = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.astype(np.uint8).tobytes())
-            image.putpalette([0, 0, 0, *(int(rgb[i:i + 2], 16) for i in (0, 2, 4))])
-            image.info["transparency"] = bytes([0, alpha])
-            path = processing_utils.save_pil_to_cache(image, cache_dir=self.GRADIO_CACHE, format="png")
-            sections.append(Annotation(image=FileData(path=str(path)), label=label))
-        return AnnotatedImageData(image=FileData(path=str(base_path)), annotations=sections)
+        is_template = True  # rendered by the frontend as a plain gr.Image
+
+        def preprocess(self, payload):
+            if payload is None:
+                return None
+            if payload.path:
+                return payload.path
+            if payload.url and payload.url.startswith("data:"):
+                return base64.b64decode(payload.url.split(",", 1)[-1])
+            raise gr.Error("The upload did not arrive; please try again.")
+
+
+    class SegmentsImage(gr.AnnotatedImage):
+        """``gr.AnnotatedImage`` for many segments: each mask goes to the browser as a two-colour
+        palette PNG (transparent, or the segment's colour at :attr:`MASK_OPACITY`), which is about
+        four times faster to make than gradio's float RGBA masks. Same frontend, same events."""
+
+        is_template = True  # rendered by the frontend as a plain gr.AnnotatedImage
+        MASK_OPACITY = 0.6
+
+        def postprocess(self, value):
+            """``value``: ``(base uint8 [H, W, 3], [(mask bool [H, W], label), ...])`` or None."""
+            if value is None:
+                return None
+            base, annotations = value
+            base_path = processing_utils.save_img_array_to_cache(base, cache_dir=self.GRADIO_CACHE,
+                                                                 format=self.format)
+            colors = self.color_map or {}
+            alpha = round(255 * self.MASK_OPACITY)
+            sections = []
+            for mask, label in annotations:
+                mask = np.asarray(mask) > 0
+                rgb = colors.get(label, "#ff0000").lstrip("#")
+                image = Image.fromarray(mask.astype(np.uint8), mode="L").convert("P")
+                image.putpalette([0, 0, 0, *(int(rgb[i:i + 2], 16) for i in (0, 2, 4))])
+                image.info["transparency"] = bytes([0, alpha])
+                path = processing_utils.save_pil_to_cache(image, cache_dir=self.GRADIO_CACHE,
+                                                          format="png")
+                sections.append(Annotation(image=FileData(path=str(path)), label=label))
+            return AnnotatedImageData(image=FileData(path=str(base_path)), annotations=sections)
 
 
 def example_images(folder: Path = EXAMPLES_DIR) -> list[str]:
@@ -133,7 +155,9 @@ def user_errors(what: str):
         logger.info("%s: unreadable input: %s", what, e)
         raise gr.Error(str(e), title="Cannot read this image", print_exception=False) from e
     except app_state.ModelUnavailable as e:
-        raise gr.Error(f"No model is loaded: {e}", title="No model", duration=None) from e
+        logger.warning("%s: no model: %s", what, e)
+        raise gr.Error(f"No model is loaded. {e}", title="No model", duration=None,
+                       print_exception=False) from e
     except Exception as e:
         logger.exception("%s failed", what)
         raise gr.Error(f"{what} failed: {e}") from e
@@ -272,72 +296,79 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_
     predictor = source.try_get()
     events = Events(source, max_side=max_side)
     panoptic_tabs = predictor is None or predictor.has_semantic_head
+    # Every class of the model, until a run narrows the list to the classes it found.
+    all_classes = sorted(set(predictor.categories.thing_names) - {"N/A"}) if predictor else []
+    view = dict(format="png", show_label=False, height=VIEW_HEIGHT, interactive=False,
+                buttons=["download", "fullscreen"])
 
     with gr.Blocks(title="segfpn", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
-        run_state = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=app_state.release_dirs)
+        run_state = gr.State(None, time_to_live=SESSION_TTL_S,
+                             delete_callback=app_state.release_dirs)
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         gr.Markdown(source.describe(), elem_id="model-status",
-                    elem_classes=["status-ok" if predictor is not None else "status-warning"])
+                    elem_classes=["status-ok" if predictor else "status-warning"])
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
-                image_in = ImageUpload(label="Image", type="filepath", sources=["upload", "clipboard"],
-                                       height=340, elem_id="input-image")
+                image_in = ImageUpload(label="Image", type="filepath", height=340,
+                                       sources=["upload", "clipboard"], elem_id="input-image")
                 segment_btn = gr.Button("Segment", variant="primary", elem_id="segment-button")
                 run_info = gr.Markdown("Upload an image or pick an example, then press **Segment**.",
-                                       label="Run summary", elem_id="run-info", elem_classes=["run-info"])
+                                       label="Run summary", elem_id="run-info",
+                                       elem_classes=["run-info"])
                 gr.Examples([[p] for p in example_images(examples_dir)], inputs=[image_in],
                             label="Examples: real photos (sources and licences in "
                                   "examples/images/PROVENANCE.md)", examples_per_page=9)
             with gr.Column(scale=5, min_width=480):
                 with gr.Tabs():
                     with gr.Tab("Instances", id="instances"):
-                        overlay = gr.Image(label="Instances", format="png", interactive=False,
-                                           buttons=["download", "fullscreen"], elem_id="instances-image")
-                        instance_info = gr.Markdown(label="Detections shown")
+                        overlay = gr.Image(label="Instances", elem_id="instances-image", **view)
+                        instance_info = gr.Markdown(label="Detections shown", elem_id="instance-info")
                         with gr.Row():
-                            score = gr.Slider(0.0, 1.0, 0.5, step=0.01, label="Score threshold")
+                            score = gr.Slider(0.0, 1.0, 0.5, step=0.01, label="Score threshold",
+                                              elem_id="score-slider")
                             opacity = gr.Slider(0.0, 1.0, 0.5, step=0.05, label="Mask opacity")
                         with gr.Row():
-                            classes = gr.Dropdown(choices=[], value=[], multiselect=True, scale=3,
+                            classes = gr.Dropdown(all_classes, value=[], multiselect=True, scale=3,
                                                   label="Classes", info="Empty: every class")
                             show_boxes = gr.Checkbox(True, label="Boxes", scale=1)
                             show_labels = gr.Checkbox(True, label="Labels", scale=1)
                     with gr.Tab("Semantic", id="semantic", visible=panoptic_tabs):
-                        semantic = gr.Image(label="Semantic segmentation", format="png",
-                                            interactive=False, buttons=["download", "fullscreen"])
+                        semantic = gr.Image(label="Semantic segmentation", **view)
                     with gr.Tab("Panoptic", id="panoptic", visible=panoptic_tabs):
-                        panoptic = SegmentsImage(label="Panoptic segmentation (hover the legend)",
-                                                     format="png", elem_id="panoptic-image")
+                        panoptic = SegmentsImage(label="Panoptic segmentation", format="png",
+                                                 show_label=False, height=VIEW_HEIGHT,
+                                                 elem_id="panoptic-image")
                         with gr.Row():
-                            selection = gr.Markdown(label="Selected segment")
+                            selection = gr.Markdown(label="Selected segment",
+                                                    elem_id="selected-segment")
                             show_all = gr.Button("Show all segments", size="sm", scale=0)
                         table = gr.Dataframe(headers=list(SEGMENT_COLUMNS), interactive=False,
                                              datatype=["number", "str", "str", "number", "number", "str"],
-                                             label="Segments: select a row to single it out",
-                                             max_height=320)
+                                             label="Segments: hover the legend above, or select a "
+                                                   "row to single its segment out",
+                                             max_height=320, elem_id="segment-table")
                     with gr.Tab("Pyramid inspector", id="pyramid"):
-                        with gr.Row():
-                            level = gr.Radio(list(LEVELS), value="p3", label="Level",
-                                             info="c2–c5: bottom-up ResNet stages · p2–p6: FPN outputs",
-                                             elem_id="level-radio")
+                        level = gr.Radio(list(LEVELS), value="p3", label="Level",
+                                         info="c2–c5: bottom-up ResNet stages · p2–p6: FPN outputs",
+                                         elem_id="level-radio")
                         with gr.Row():
                             mode = gr.Radio(list(ACTIVATION_MODE_CHOICES), value="mean_abs",
                                             label="Show", scale=3, elem_id="mode-radio")
                             channel = gr.Slider(0, 255, 0, step=1, scale=2,
                                                 label="Channel (for “single channel”)")
-                        pyramid = gr.Image(label="Activation over the image", format="png",
-                                           interactive=False, elem_id="pyramid-image")
+                        pyramid = gr.Image(label="Activation over the image", elem_id="pyramid-image",
+                                           **view)
                         pyramid_info = gr.Markdown(label="Level", elem_id="pyramid-info")
                     with gr.Tab("RoI levels", id="levels"):
                         roi_source = gr.Radio([("mask head: RoI of the final box", "mask"),
                                                ("box head: RoI of the proposal", "box")],
                                               value="mask", label="RoI")
-                        levels = gr.Image(label="Boxes coloured by RoI level", format="png",
-                                          interactive=False)
-                        levels_info = gr.Markdown(app_state.viz.level_rule_text(), label="Counts per level")
+                        levels = gr.Image(label="Boxes coloured by RoI level", **view)
+                        levels_info = gr.Markdown(app_state.viz.level_rule_text(),
+                                                  label="Counts per level")
                     with gr.Tab("Downloads", id="downloads"):
                         gr.Markdown("Files of the last run. Coordinates refer to the image as "
-                                    f"segmented (downscaled when its longest side is above "
+                                    "segmented (downscaled when its longest side is above "
                                     f"{max_side} px). The COCO results hold every detection; "
                                     "the overlay follows the Instances controls.")
                         with gr.Row():
@@ -347,31 +378,32 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_
                             file_panoptic_png = gr.File(label="Panoptic: COCO panoptic PNG")
                             file_panoptic_json = gr.File(label="Panoptic: segments JSON")
 
-        # Segment runs the model; everything after it only draws from the session's run.
+        # Segment runs the model (one at a time); every other event draws from the session's run.
+        downloads = [file_overlay, file_coco, file_panoptic_png, file_panoptic_json]
+        draw = dict(concurrency_id="draw", concurrency_limit=2)
+        control = dict(trigger_mode="always_last", show_progress="minimal", **draw)
         segment_btn.click(
             events.segment, [image_in, score, opacity, show_boxes, show_labels, run_state],
-            [run_state, overlay, file_overlay, file_coco, file_panoptic_png, file_panoptic_json, run_info],
-            api_name="segment", concurrency_id="model",
+            [run_state, overlay, *downloads, run_info], api_name="segment", concurrency_id="model",
         ).success(
             events.draw_views, [run_state, score, level, mode, channel, roi_source],
             [classes, instance_info, semantic, panoptic, table, selection, pyramid, pyramid_info,
              channel, levels, levels_info, run_info],
-            api_visibility="private", concurrency_id="draw", concurrency_limit=2,
-            show_progress_on=[semantic, panoptic, pyramid, levels],
+            api_visibility="private", show_progress_on=[semantic, panoptic, pyramid, levels], **draw,
         )
-        draw = dict(trigger_mode="always_last", show_progress="minimal", concurrency_id="draw",
-                    concurrency_limit=2)
         gr.on([score.input, opacity.input, classes.input, show_boxes.input, show_labels.input],
               events.redraw_instances, [run_state, score, opacity, classes, show_boxes, show_labels],
-              [overlay, file_overlay, instance_info], api_name="redraw_instances", **draw)
+              [overlay, file_overlay, instance_info], api_name="redraw_instances", **control)
         gr.on([score.input, classes.input, roi_source.input], events.roi_levels,
-              [run_state, score, classes, roi_source], [levels, levels_info], api_name="roi_levels", **draw)
-        gr.on([level.input, mode.input, channel.input], events.inspect, [run_state, level, mode, channel],
-              [pyramid, pyramid_info, channel], api_name="inspect", **draw)
-        table.select(events.select_segment, [run_state], [panoptic, selection], api_visibility="private",
-                     concurrency_id="draw", concurrency_limit=2)
+              [run_state, score, classes, roi_source], [levels, levels_info], api_name="roi_levels",
+              **control)
+        gr.on([level.input, mode.input, channel.input], events.inspect,
+              [run_state, level, mode, channel], [pyramid, pyramid_info, channel],
+              api_name="inspect", **control)
+        table.select(events.select_segment, [run_state], [panoptic, selection],
+                     api_visibility="private", **draw)
         show_all.click(events.show_all_segments, [run_state], [panoptic, selection],
-                       api_visibility="private", concurrency_id="draw", concurrency_limit=2)
+                       api_visibility="private", **draw)
 
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
@@ -388,8 +420,10 @@ def launch(demo: gr.Blocks, *, host: str = DEFAULT_HOST, port: int = DEFAULT_POR
 def parse_args(argv=None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(description="Serve the segfpn web app.")
-    parser.add_argument("--host", default=env("SEGFPN_HOST") or env("GRADIO_SERVER_NAME") or DEFAULT_HOST,
-                        help="address to bind (SEGFPN_HOST; default %(default)s; 0.0.0.0 for every interface)")
+    parser.add_argument("--host",
+                        default=env("SEGFPN_HOST") or env("GRADIO_SERVER_NAME") or DEFAULT_HOST,
+                        help="address to bind (SEGFPN_HOST; default %(default)s; 0.0.0.0 for "
+                             "every interface)")
     parser.add_argument("--port", type=int,
                         default=int(env("SEGFPN_PORT") or env("GRADIO_SERVER_PORT") or DEFAULT_PORT),
                         help="port (SEGFPN_PORT; default %(default)s)")
@@ -406,6 +440,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup requests
     args = parse_args(argv)
     source = ModelSource(app_state.candidate_checkpoints(args.weights), device=args.device)
     demo = build_demo(source, max_side=args.max_side)

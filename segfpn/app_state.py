@@ -38,6 +38,7 @@ from segfpn.checkpoints import catalogue
 from segfpn.checkpoints import download as downloads
 from segfpn.export import instances_to_coco_results, panoptic_to_coco, write_atomic, write_panoptic_png
 from segfpn.imageio import read_image
+from segfpn.predictor import load
 from segfpn.structures import Result
 
 logger = logging.getLogger(__name__)
@@ -89,13 +90,16 @@ class Unavailable:
     dest: Path | None = None
 
     def message(self) -> str:
-        return f"{self.candidate}: {self.reason}"
+        text = f"{self.candidate}: {self.reason}"
+        if self.url and self.dest:
+            text += f" Fetch {self.url} and save it as {self.dest}."
+        return text
 
     def markdown(self) -> str:
         text = f"- `{self.candidate}`: {self.reason}"
         if self.url and self.dest:
-            text += (f"\n  - **Fetch** <{self.url}>\n  - **save it as** `{self.dest}` "
-                     f"(the folder is `{self.dest.parent}`; `SEGFPN_WEIGHTS_DIR` changes it)")
+            text += (f"\n  - **fetch** <{self.url}>\n  - **save it as** `{self.dest}` "
+                     f"(`SEGFPN_WEIGHTS_DIR` sets the folder)")
         return text
 
 
@@ -106,8 +110,7 @@ _SHARED_LOCK = threading.Lock()
 def load_shared(path: str | os.PathLike, *, device=None, loader: Callable | None = None):
     """The predictor for the checkpoint file ``path`` on ``device``, loaded on first use and
     then shared by every caller in this process."""
-    if loader is None:
-        from segfpn.predictor import load as loader
+    loader = loader or load
     key = (str(Path(path).resolve()), str(device))
     with _SHARED_LOCK:
         if key not in _SHARED:
@@ -121,7 +124,7 @@ def candidate_checkpoints(weights: str | Sequence[str] | None = None) -> list[st
     """The checkpoints the app tries, in order: ``weights`` (a name or path, several separated by
     commas) or the catalogue's default, then :data:`FALLBACK_CHECKPOINTS`."""
     if isinstance(weights, str):
-        weights = [w for w in weights.split(",")]
+        weights = weights.split(",")
     chosen = [w.strip() for w in (weights or []) if w and w.strip()]
     if not chosen:
         chosen = [catalogue.default_checkpoint().name]
@@ -229,20 +232,19 @@ class ModelSource:
         if dest.is_file():
             return dest
         if downloads.offline_from_env():
-            try:
-                return downloads.ensure_available(known, offline=True)
+            try:  # raises OfflineError, whose reason names the file and SEGFPN_OFFLINE
+                return downloads.ensure_available(known, progress=False)
             except downloads.DownloadError as e:
-                return Unavailable(candidate, str(e), url, dest)
+                return Unavailable(candidate, _sentence(e.reason), url, dest)
         if not download:
-            return Unavailable(candidate, f"`{known.file_name}` is not in `{dest.parent}`.", url,
-                               dest)
+            return Unavailable(candidate, f"{known.file_name} is not in {dest.parent}.", url, dest)
         try:
             return downloads.download(known, timeout=self.download_timeout, retries=1)
         except downloads.DownloadError as e:
-            return Unavailable(candidate, str(e), url, dest)
+            return Unavailable(candidate, _sentence(f"could not download it: {e.reason}"), url, dest)
 
     def describe(self) -> str:
-        """One line of Markdown: what is loaded, or why nothing is and what to do."""
+        """Markdown: what is loaded, or why nothing is and what to do about it."""
         if self._predictor is not None:
             return describe_model(self._predictor, self.loaded_from or "")
         lines = ["**No model is loaded**, so Segment cannot run yet. Tried, in order:", "",
@@ -251,6 +253,11 @@ class ModelSource:
                  "the app with `--weights PATH_OR_NAME` (`SEGFPN_WEIGHTS`). "
                  "`weights/README.md` lists every known checkpoint."]
         return "\n".join(lines)
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith(".") else text + "."
 
 
 def describe_model(predictor, name: str) -> str:
@@ -412,9 +419,12 @@ def segment_rows(run: Run) -> list[list]:
 
 
 def segment_details(run: Run, segment_id: int) -> str:
+    """Markdown about one panoptic segment: class, kind, area, and for a thing score and level."""
     segment = next(s for s in run.result.panoptic.segments if s.id == segment_id)
-    area = 100.0 * segment.area / run.result.panoptic.segment_ids.size
-    text = f"**#{segment.id} {segment.class_name}** ({'thing' if segment.isthing else 'stuff'}), {segment.area} px ({area:.1f} % of the image)"
+    share = 100.0 * segment.area / run.result.panoptic.segment_ids.size
+    kind = "thing" if segment.isthing else "stuff"
+    text = (f"**#{segment.id} {segment.class_name}** ({kind}), {segment.area} px "
+            f"({share:.1f} % of the image)")
     if segment.isthing:
         text += f", score {segment.score:.2f}, mask RoI pooled from **p{segment.level}**"
     return text
@@ -451,8 +461,10 @@ def activation_view(run: Run, level: str, mode: str = "mean_abs", channel: int =
     image_px = stride * run.image.shape[0] / in_h
     kind = "bottom-up ResNet stage" if level.startswith("c") else "FPN output"
     shown = _MODE_NAMES.get(mode, mode) + (f" {channel}" if mode == "channel" else "")
-    info = (f"**{level}** · {kind} · {num_channels} channels · {rows} × {cols} cells "
-            f"({valid_rows} × {valid_cols} over the image, the rest is padding) · "
+    cells = f"{rows} × {cols} cells"
+    if (valid_rows, valid_cols) != (rows, cols):
+        cells += f" ({valid_rows} × {valid_cols} over the image, the rest over padding)"
+    info = (f"**{level}** · {kind} · {num_channels} channels · {cells} · "
             f"stride **{stride} px** of the {in_w} × {in_h} network input "
             f"(one cell ≈ {image_px:.1f} px of this image) · showing {shown}")
     return overlay, info, channel

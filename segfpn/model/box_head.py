@@ -11,7 +11,7 @@ from torchvision.ops import batched_nms
 
 from segfpn.config import BoxHeadConfig
 from segfpn.model.boxes import clip_boxes, decode_boxes, nonempty
-from segfpn.model.layers import ConvNorm
+from segfpn.model.layers import conv_stack
 
 
 class BoxHead(nn.Module):
@@ -19,11 +19,7 @@ class BoxHead(nn.Module):
 
     def __init__(self, in_channels: int, config: BoxHeadConfig):
         super().__init__()
-        self.convs = nn.ModuleList()
-        channels = in_channels
-        for out_channels in config.conv_channels:
-            self.convs.append(ConvNorm(channels, out_channels, 3, norm=config.norm))
-            channels = out_channels
+        self.convs, channels = conv_stack(in_channels, config.conv_channels, norm=config.norm)
         self.fcs = nn.ModuleList()
         features = channels * config.pooler_resolution ** 2
         for out_features in config.fc_channels:

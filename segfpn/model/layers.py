@@ -34,3 +34,12 @@ class ConvNorm(nn.Module):
     def forward(self, x):
         x = self.conv(x)
         return x if self.norm is None else self.norm(x)
+
+
+def conv_stack(in_channels: int, channels: tuple[int, ...], *, norm: Norm) -> tuple[nn.ModuleList, int]:
+    """3x3 ConvNorms of the given widths (the heads apply ReLU after each); returns (layers, out channels)."""
+    layers = nn.ModuleList()
+    for out_channels in channels:
+        layers.append(ConvNorm(in_channels, out_channels, 3, norm=norm))
+        in_channels = out_channels
+    return layers, in_channels

@@ -1,0 +1,66 @@
+"""Make docs/screenshot.png, the README's picture of the app with results.
+
+    python tests/app/readme_screenshot.py        # mini test checkpoint, pyramid inspector at p3
+    python tests/app/readme_screenshot.py --weights weights/model_final_cafdb1.pkl --tab Instances --score 0.5
+
+Serves the app on 127.0.0.1, uploads a photo in Debian's Chromium (see app_browser.py), presses
+Segment and takes the screenshot. The mini checkpoint has random weights: its detections are
+meaningless (its features are not: the pyramid inspector shows the photo's structure), so the
+default picture is the inspector; with real weights show the Instances or Panoptic tab.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from app_browser import browser_page, choose, missing_browser, segment, wait_for_text  # noqa: E402
+from app_testing import ROOT, serve  # noqa: E402
+
+import segfpn  # noqa: E402
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default=str(ROOT / "tests/data/d2_mini/panoptic_fpn_mini.pkl"))
+    parser.add_argument("--photo", default=str(ROOT / "examples/images/cyclists_33823288584.jpg"))
+    parser.add_argument("--score", type=float, default=0.85, help="score threshold to show")
+    parser.add_argument("--tab", default="Pyramid inspector", help="the tab to show")
+    parser.add_argument("--level", default="p3", help="pyramid level for the inspector")
+    parser.add_argument("--mode", default="mean |activation|", help="inspector mode (its label)")
+    parser.add_argument("--out", default=str(ROOT / "docs/screenshot.png"))
+    args = parser.parse_args(argv)
+    problem = missing_browser()
+    if problem:
+        sys.exit(problem)
+
+    server = serve(segfpn.load(args.weights))
+    try:
+        with browser_page(width=1440, height=1180) as page:
+            segment(page, server.url, Path(args.photo))
+            score = page.locator("#score-slider input[type=number]")
+            score.fill(f"{args.score:g}")
+            score.press("Enter")
+            wait_for_text(page, "#instance-info", f"(score ≥ {args.score:.2f})")
+            if args.tab != "Instances":
+                page.get_by_role("tab", name=args.tab).click()
+            if args.tab == "Pyramid inspector":
+                choose(page, "level-radio", args.level)
+                wait_for_text(page, "#pyramid-info", f"{args.level} ·")
+                choose(page, "mode-radio", args.mode)
+                wait_for_text(page, "#pyramid-info", f"showing {args.mode}")
+            page.wait_for_timeout(1500)
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(out))
+            print(f"wrote {out}")
+    finally:
+        server.demo.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The app in a real browser: Debian's Chromium driven by Playwright.
+
+Screenshots go to artifacts/screenshots/ (git-ignored). This test fails (it does not skip) when
+playwright or chromium is missing: CI installs both, see tests/install_chromium.sh.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from app_browser import (browser_page, choose, missing_browser, open_tab, pixels, segment, text_of,
+                         wait_for_text)
+from app_testing import PHOTO, SCREENSHOTS
+
+
+def _not_blank(image: np.ndarray, what: str, min_std: float = 12.0) -> None:
+    assert image.size and float(image.std()) > min_std, f"{what} looks blank (pixel std {image.std():.1f})"
+
+
+def test_segment_and_inspect_in_a_browser(server):
+    problem = missing_browser()
+    if problem:
+        pytest.fail(f"The browser test needs Playwright and Chromium: {problem}", pytrace=False)
+    calls = server.predictor.calls
+    with browser_page() as page:
+        segment(page, server.url, PHOTO)
+        assert "detections" in text_of(page, "#run-info") and "cpu" in text_of(page, "#run-info")
+        overlay = pixels(page, "#instances-image img")
+        _not_blank(overlay, "the instance overlay", min_std=20.0)
+        _not_blank(pixels(page, path=SCREENSHOTS / "app_1_instances.png"), "the page")
+
+        open_tab(page, "Pyramid inspector")
+        before = pixels(page, "#pyramid-image img")
+        choose(page, "level-radio", "p4")
+        wait_for_text(page, "#pyramid-info", "p4 · FPN output")
+        p4 = pixels(page, "#pyramid-image img")
+        _not_blank(pixels(page, path=SCREENSHOTS / "app_2_pyramid_p4.png"), "the page")
+        choose(page, "mode-radio", "PCA: 3 components as RGB")
+        wait_for_text(page, "#pyramid-info", "PCA")
+        pca = pixels(page, "#pyramid-image img")
+        _not_blank(pixels(page, path=SCREENSHOTS / "app_3_pyramid_p4_pca.png"), "the page")
+        for image in (before, p4, pca):
+            _not_blank(image, "the activation map", min_std=20.0)
+        assert before.shape != p4.shape or not np.array_equal(before, p4)
+        assert p4.shape != pca.shape or not np.array_equal(p4, pca)
+
+        open_tab(page, "Panoptic")
+        page.locator('#segment-table [data-testid="cell-0-1"]').click()  # row 0, class column
+        wait_for_text(page, "#selected-segment", "#")
+        _not_blank(pixels(page, path=SCREENSHOTS / "app_4_panoptic_selected.png"), "the page")
+    assert server.predictor.calls == calls + 1  # one Segment, every other view from the session
