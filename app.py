@@ -7,7 +7,12 @@ Flags and their environment variables: --host / SEGFPN_HOST (default 127.0.0.1, 
 GRADIO_SERVER_NAME as set on Hugging Face Spaces), --port / SEGFPN_PORT (default 7860, or
 GRADIO_SERVER_PORT), --weights / SEGFPN_WEIGHTS (a file or a known name, several separated by
 commas, tried in order; default: the catalogue's default checkpoint), --device / SEGFPN_DEVICE
-(default CUDA when present). SEGFPN_OFFLINE=1 never downloads.
+(default CUDA when present), --queue-size / SEGFPN_QUEUE_SIZE (requests that may wait; beyond
+it a request is answered "busy, try again" at once). SEGFPN_OFFLINE=1 never downloads.
+
+Robustness (docs/robustness.md, tests/robustness/): a bad upload gets a message and the server
+goes on; uploads are read from Gradio's temp folder or memory only; the model is loaded once,
+and "Reload weights" reads the checkpoint again, keeping the loaded model when that fails.
 
 This file is the UI only: the layout, the events and the queue. Reading, inference, drawing
 and the download files live in :mod:`segfpn.app_state` (drawing itself in :mod:`segfpn.viz`).
@@ -31,7 +36,8 @@ from gradio.data_classes import FileData
 from PIL import Image
 
 from segfpn import app_state
-from segfpn.app_state import ACTIVATION_MODE_CHOICES, LEVELS, SEGMENT_COLUMNS, ModelSource, Run
+from segfpn.app_state import (ACTIVATION_MODE_CHOICES, LEVELS, SEGMENT_COLUMNS, ModelSource,
+                              ReloadFailed, Run)
 from segfpn.imageio import ImageError
 
 logger = logging.getLogger("segfpn.app")
@@ -158,6 +164,10 @@ def user_errors(what: str):
         logger.warning("%s: no model: %s", what, e)
         raise gr.Error(f"No model is loaded. {e}", title="No model", duration=None,
                        print_exception=False) from e
+    except ReloadFailed as e:
+        logger.warning("%s failed: %s", what, e)
+        raise gr.Error(f"The weights were not reloaded: {e}", title="Reload failed",
+                       duration=None, print_exception=False) from e
     except Exception as e:
         logger.exception("%s failed", what)
         raise gr.Error(f"{what} failed: {e}") from e
@@ -187,16 +197,28 @@ class Events:
             predictor = self.source.get()
             name = Path(image).name if isinstance(image, str) else "pasted image"
             run = app_state.run_model(predictor, image, name=name, max_side=self.max_side)
-            app_state.release_dirs(previous)
             start = time.perf_counter()
-            overlay = app_state.draw_instance_view(run, score_threshold=score, alpha=opacity,
-                                                   show_boxes=show_boxes, show_labels=show_labels)
-            files = app_state.write_downloads(run, overlay, app_state.new_request_dir(run),
-                                              categories=predictor.categories)
+            try:
+                overlay = app_state.draw_instance_view(run, score_threshold=score, alpha=opacity,
+                                                       show_boxes=show_boxes, show_labels=show_labels)
+                files = app_state.write_downloads(run, overlay, app_state.new_request_dir(run),
+                                                  categories=predictor.categories)
+            except BaseException:
+                app_state.release_dirs(run)  # this run is not kept: neither are its files
+                raise
+            app_state.release_dirs(previous)
             run.timings["drawing"] = time.perf_counter() - start
         paths = [str(files[k]) if files[k] else None
                  for k in ("overlay", "instances", "panoptic_png", "panoptic_json")]
         return (run, overlay, *paths, app_state.run_summary(run))
+
+    def reload_model(self):
+        """Read the checkpoint again (a file replaced while the app runs); on failure the page
+        says why and the loaded model stays in use."""
+        with user_errors("Reloading the weights"):
+            self.source.reload()
+        gr.Info("Weights reloaded.")
+        return gr.Markdown(self.source.describe(), elem_classes=["status-ok"])
 
     def draw_views(self, run, score, level, mode, channel, roi_source):
         """After Segment: every other tab, drawn from the run."""
@@ -305,8 +327,11 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_
         run_state = gr.State(None, time_to_live=SESSION_TTL_S,
                              delete_callback=app_state.release_dirs)
         gr.Markdown(f"# {TITLE}\n{INTRO}")
-        gr.Markdown(source.describe(), elem_id="model-status",
-                    elem_classes=["status-ok" if predictor else "status-warning"])
+        with gr.Row(equal_height=True):
+            model_status = gr.Markdown(source.describe(), elem_id="model-status",
+                                       elem_classes=["status-ok" if predictor else "status-warning"])
+            reload_btn = gr.Button("Reload weights", size="sm", scale=0, variant="secondary",
+                                   elem_id="reload-button")
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 image_in = ImageUpload(label="Image", type="filepath", height=340,
@@ -400,6 +425,9 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_
         gr.on([level.input, mode.input, channel.input], events.inspect,
               [run_state, level, mode, channel], [pyramid, pyramid_info, channel],
               api_name="inspect", **control)
+        # One model: a reload waits for the runs before it, and they for it.
+        reload_btn.click(events.reload_model, None, [model_status], api_name="reload_model",
+                         concurrency_id="model")
         table.select(events.select_segment, [run_state], [panoptic, selection],
                      api_visibility="private", **draw)
         show_all.click(events.show_all_segments, [run_state], [panoptic, selection],
@@ -435,6 +463,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="torch device (SEGFPN_DEVICE; default: cuda when present, else cpu)")
     parser.add_argument("--max-side", type=int, default=app_state.MAX_SIDE,
                         help="downscale uploads whose longest side is above this (default %(default)s)")
+    parser.add_argument("--queue-size", type=int,
+                        default=int(env("SEGFPN_QUEUE_SIZE") or QUEUE_SIZE),
+                        help="requests that may wait for the model; beyond this a request is "
+                             "answered 'busy, try again' (SEGFPN_QUEUE_SIZE; default %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -443,7 +475,7 @@ def main(argv=None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup requests
     args = parse_args(argv)
     source = ModelSource(app_state.candidate_checkpoints(args.weights), device=args.device)
-    demo = build_demo(source, max_side=args.max_side)
+    demo = build_demo(source, max_side=args.max_side, queue_size=args.queue_size)
     if not source.available:
         logger.warning("no model loaded; the page says what to fetch:\n%s", source.describe())
     launch(demo, host=args.host, port=args.port)

@@ -3,6 +3,8 @@
 * :class:`ModelSource`: the checkpoints to try, in order. The first one that is available is
   loaded once and shared by every session (:func:`load_shared`); when none is, the
   :class:`Unavailable` records say which file to fetch, from where, and where to put it.
+  :meth:`ModelSource.reload` reads the files again; when that fails the model already loaded
+  stays in use (:class:`ReloadFailed` says why).
 * :func:`prepare_image` and :func:`run_model`: an upload in (downscaled when it is larger than the
   model needs), a :class:`Run` out: one session's last run, with the pyramid features kept so
   that the inspector never runs the model again.
@@ -24,6 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ from PIL import Image
 from segfpn import viz
 from segfpn.checkpoints import catalogue
 from segfpn.checkpoints import download as downloads
+from segfpn.checkpoints.errors import CheckpointError
 from segfpn.export import instances_to_coco_results, panoptic_to_coco, write_atomic, write_panoptic_png
 from segfpn.imageio import read_image
 from segfpn.predictor import load
@@ -52,6 +56,8 @@ MAX_SIDE = 2000
 FALLBACK_CHECKPOINTS: tuple[str, ...] = ()
 #: Seconds a startup download may wait for the server (per connection and per read).
 DOWNLOAD_TIMEOUT_S = 15.0
+#: A candidate ending so is a file path (missing: "does not exist"), not a catalogue name.
+CHECKPOINT_SUFFIXES = {".pkl", ".pth", ".pt", ".safetensors", ".bin"}
 
 #: The pyramid levels the inspector offers: bottom-up (ResNet res2..res5) and FPN outputs.
 LEVELS = ("c2", "c3", "c4", "c5", "p2", "p3", "p4", "p5", "p6")
@@ -77,6 +83,10 @@ class ModelUnavailable(RuntimeError):
     def __init__(self, problems: Sequence["Unavailable"]):
         self.problems = list(problems)
         super().__init__(" ".join(p.message() for p in self.problems) or "no checkpoint given")
+
+
+class ReloadFailed(RuntimeError):
+    """A reload found no checkpoint that loads; the model loaded before stays in use."""
 
 
 @dataclass(frozen=True)
@@ -107,13 +117,15 @@ _SHARED: dict[tuple[str, str], object] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def load_shared(path: str | os.PathLike, *, device=None, loader: Callable | None = None):
+def load_shared(path: str | os.PathLike, *, device=None, loader: Callable | None = None,
+                fresh: bool = False):
     """The predictor for the checkpoint file ``path`` on ``device``, loaded on first use and
-    then shared by every caller in this process."""
+    then shared by every caller in this process. ``fresh``: read the file again even when it
+    was loaded before (the new predictor is shared from then on; on failure the old one stays)."""
     loader = loader or load
     key = (str(Path(path).resolve()), str(device))
     with _SHARED_LOCK:
-        if key not in _SHARED:
+        if fresh or key not in _SHARED:
             start = time.perf_counter()
             _SHARED[key] = loader(path, device=device)
             logger.info("loaded %s in %.1f s", path, time.perf_counter() - start)
@@ -138,6 +150,10 @@ class ModelSource:
     is downloaded once, with a short timeout (none with ``allow_download=False`` or
     ``SEGFPN_OFFLINE=1``); later attempts only look on disk again, so a file put in place while
     the app runs is picked up by the next request without a restart.
+
+    Once loaded, the model is never read from disk again unless :meth:`reload` is called: a
+    checkpoint file deleted, corrupted or replaced while the app runs changes nothing until then,
+    and a reload that fails keeps the model already loaded.
     """
 
     def __init__(self, candidates: Sequence[str | os.PathLike], *, device=None,
@@ -152,6 +168,7 @@ class ModelSource:
         self.loaded_from: str | None = None
         self._predictor = None
         self._factory: Callable[[], object] | None = None
+        self._fixed = False  # a predictor handed over: no file to reload
         self._tried_download = False
         self._lock = threading.Lock()
 
@@ -159,7 +176,7 @@ class ModelSource:
     def from_predictor(cls, predictor, name: str | None = None) -> "ModelSource":
         """A source that always hands out ``predictor`` (tests, notebooks)."""
         source = cls([name or getattr(predictor, "source", "") or "model"], allow_download=False)
-        source._predictor = predictor
+        source._predictor, source._fixed = predictor, True
         source.loaded_from = source.candidates[0]
         return source
 
@@ -180,8 +197,37 @@ class ModelSource:
             if self._predictor is None:
                 download = self.allow_download and not self._tried_download
                 self._tried_download = True
-                self._predictor = self._load_first(download=download)
+                self._use(*self._load_first(self.candidates, download=download))
             return self._predictor
+
+    def reload(self):
+        """Read the checkpoints from disk again (never downloading) and use the first that loads.
+
+        Only the loaded candidate and those before it are tried: a fallback never replaces a
+        better model that is already in memory. When none loads, the loaded model stays in use
+        and :class:`ReloadFailed` says why for each file; with no model loaded yet this is
+        :meth:`get` (raising :class:`ModelUnavailable`). Returns the new predictor.
+        """
+        with self._lock:
+            if self._predictor is None:
+                self._use(*self._load_first(self.candidates, download=False))
+                return self._predictor
+            if self._fixed:
+                raise ReloadFailed("this app was given a model object, not a checkpoint file: "
+                                   "there is nothing to reload.")
+            last = self.candidates.index(self.loaded_from) if self._factory is None else 0
+            try:
+                loaded = self._load_first(self.candidates[:last + 1], download=False, fresh=True)
+            except ModelUnavailable as e:
+                reasons = " ".join(p.message() for p in e.problems)
+                raise ReloadFailed(f"{reasons} The model loaded before "
+                                   f"({_label(self.loaded_from or 'model')}) stays in use.") from e
+            self._use(*loaded)
+            logger.info("reloaded the model from %s", self.loaded_from)
+            return self._predictor
+
+    def _use(self, predictor, candidate: str, problems: list[Unavailable]) -> None:
+        self._predictor, self.loaded_from, self.problems = predictor, candidate, problems
 
     def try_get(self):
         """The predictor, or ``None`` when no candidate loads (see :attr:`problems`)."""
@@ -190,31 +236,36 @@ class ModelSource:
         except ModelUnavailable:
             return None
 
-    def _load_first(self, *, download: bool):
+    def _load_first(self, candidates: Sequence[str], *, download: bool, fresh: bool = False
+                    ) -> tuple[object, str, list[Unavailable]]:
+        """``(predictor, candidate, problems of the candidates before it)`` for the first of
+        ``candidates`` that loads; :class:`ModelUnavailable` when none does (setting
+        :attr:`problems` while no model is loaded: a failed reload leaves the page as it is)."""
         if self._factory is not None:
             try:
-                predictor = self._factory()
+                return self._factory(), self.candidates[0], []
             except Exception as e:
                 logger.exception("the model factory failed")
-                self.problems = [Unavailable(self.candidates[0], f"could not be loaded: {e}")]
-                raise ModelUnavailable(self.problems) from e
-            self.problems, self.loaded_from = [], self.candidates[0]
-            return predictor
+                problems = [Unavailable(self.candidates[0], f"could not be loaded: {e}")]
+                if self._predictor is None:
+                    self.problems = problems
+                raise ModelUnavailable(problems) from e
         problems = []
-        for candidate in self.candidates:
+        for candidate in candidates:
             found = self._locate(candidate, download=download)
             if isinstance(found, Unavailable):
                 problems.append(found)
                 continue
             try:
-                predictor = load_shared(found, device=self.device, loader=self.loader)
+                predictor = load_shared(found, device=self.device, loader=self.loader, fresh=fresh)
             except Exception as e:  # a corrupt or foreign file: say so and try the next one
-                logger.exception("could not load %s", found)
-                problems.append(Unavailable(candidate, f"{found} could not be loaded: {e}"))
+                logger.warning("could not load %s: %s", found, e,
+                               exc_info=not isinstance(e, CheckpointError))  # a bug: its traceback
+                problems.append(Unavailable(candidate, f"{found} could not be loaded: {_sentence(str(e))}"))
                 continue
-            self.problems, self.loaded_from = problems, candidate
-            return predictor
-        self.problems = problems
+            return predictor, candidate, problems
+        if self._predictor is None:
+            self.problems = problems
         raise ModelUnavailable(problems)
 
     def _locate(self, candidate: str, *, download: bool) -> Path | Unavailable:
@@ -222,9 +273,13 @@ class ModelSource:
         path = Path(candidate).expanduser()
         if path.is_file():
             return path
+        if path.exists():
+            return Unavailable(candidate, f"{path} is a folder, not a checkpoint file.")
         try:
             known = catalogue.find(candidate)
         except KeyError:
+            if os.sep in candidate or path.suffix.lower() in CHECKPOINT_SUFFIXES:
+                return Unavailable(candidate, f"{path} does not exist (deleted or moved?).")
             return Unavailable(candidate, f"`{candidate}` is neither a file nor a known checkpoint "
                                           "name (`segfpn weights list` shows the names).")
         dest = downloads.local_path(known)
@@ -241,12 +296,21 @@ class ModelSource:
         try:
             return downloads.download(known, timeout=self.download_timeout, retries=1)
         except downloads.DownloadError as e:
-            return Unavailable(candidate, _sentence(f"could not download it: {e.reason}"), url, dest)
+            # A network failure: what happened, in the message's first sentence (the page adds
+            # where to fetch the file by hand). A local one (a read-only or full disk): the whole
+            # message, which says what to change.
+            if e.url:
+                return Unavailable(candidate, f"could not download it ({str(e).split('. ')[0]}).",
+                                   url, dest)
+            return Unavailable(candidate, _sentence(f"could not download it: {e}"), url, dest)
 
     def describe(self) -> str:
         """Markdown: what is loaded, or why nothing is and what to do about it."""
         if self._predictor is not None:
-            return describe_model(self._predictor, self.loaded_from or "")
+            text = describe_model(self._predictor, self.loaded_from or "")
+            if self.problems:  # candidates before the loaded one
+                text += "\n\nNot used, tried first:\n" + "\n".join(p.markdown() for p in self.problems)
+            return text
         lines = ["**No model is loaded**, so Segment cannot run yet. Tried, in order:", "",
                  *(p.markdown() for p in self.problems), "",
                  "Put the file in place and press Segment again (no restart needed), or start "
@@ -260,6 +324,11 @@ def _sentence(text: str) -> str:
     return text if text.endswith(".") else text + "."
 
 
+def _label(name: str) -> str:
+    """A checkpoint's short name: the file name of a path, a catalogue name as is."""
+    return Path(name).name if Path(name).suffix else name
+
+
 def describe_model(predictor, name: str) -> str:
     """"**name** · arch · 80 thing + 53 stuff classes · cpu" in Markdown."""
     categories = predictor.categories
@@ -267,8 +336,7 @@ def describe_model(predictor, name: str) -> str:
     if predictor.has_semantic_head:
         stuff = sum(1 for c in categories.stuff if c.id != 0)
         classes += f" + {stuff} stuff classes (panoptic)"
-    label = Path(name).name if Path(name).suffix else name
-    return f"Model **{label}** · `{predictor.arch}` · {classes} · on **{predictor.device}**"
+    return f"Model **{_label(name)}** · `{predictor.arch}` · {classes} · on **{predictor.device}**"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +351,9 @@ class Run:
     ``result`` refers to it. original_size: (H, W) of the upload. features: level name ->
     float16 [C, h, w] (half of float32's memory; the inspector normalises anyway).
     timings: seconds per stage, "drawing" included once the views are drawn.
-    dirs: the request folders holding this session's downloads (removed with the run).
+    dirs: the request folders holding this session's downloads, removed with the run: by
+    :func:`release_dirs`, or when the run is dropped in any other way (a session evicted by
+    Gradio's ``state_session_capacity`` gets no delete callback).
     """
 
     name: str
@@ -294,6 +364,9 @@ class Run:
     timings: dict[str, float]
     device: str
     dirs: list[Path] = field(default_factory=list)
+
+    def __post_init__(self):
+        weakref.finalize(self, _remove_dirs, self.dirs)
 
     @property
     def downscaled(self) -> bool:
@@ -540,10 +613,13 @@ def new_request_dir(run: Run) -> Path:
 
 def release_dirs(run) -> None:
     """Remove every temporary folder of ``run`` (also used when a session's state expires)."""
-    if not isinstance(run, Run):
-        return
-    while run.dirs:
-        shutil.rmtree(run.dirs.pop(), ignore_errors=True)
+    if isinstance(run, Run):
+        _remove_dirs(run.dirs)
+
+
+def _remove_dirs(dirs: list[Path]) -> None:
+    while dirs:
+        shutil.rmtree(dirs.pop(), ignore_errors=True)
 
 
 def file_stem(name: str) -> str:

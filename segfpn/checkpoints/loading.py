@@ -112,13 +112,14 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or not weights only): {exc}") from exc
         return _tensor_dict(obj, path), {}
     data = path.read_bytes()
-    try:
-        obj = load_arrays_pickle(data, source=str(path))
-    except UnsafeCheckpointError as exc:
-        if "torch" not in str(exc):
-            raise
-        # A legacy (non-zip) torch.save file: torch's own weights-only unpickler handles it.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_arrays_pickle(data, source=str(path))
+    if isinstance(obj, int) and obj == torch.serialization.MAGIC_NUMBER:
+        # A legacy (non-zip) torch.save file starts with a pickled magic number; torch's own
+        # weights-only unpickler reads the rest.
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or not weights only): {exc}") from exc
     return _tensor_dict(obj, path), {}
 
 

@@ -154,3 +154,13 @@ def test_torch_load_is_only_called_weights_only():
                     and getattr(node.func.value, "id", None) == "torch":
                 kwargs = {k.arg: k.value for k in node.keywords}
                 assert "weights_only" in kwargs and kwargs["weights_only"].value is True, f"{path}:{node.lineno}"
+
+
+def test_legacy_torch_save_format_loads(tmp_path):
+    """torch.save(..., _use_new_zipfile_serialization=False): a pickle stream, not a zip."""
+    from segfpn.checkpoints.loading import read_state
+
+    path = tmp_path / "legacy.pth"
+    torch.save({"backbone.body.conv1.weight": torch.ones(2, 3)}, path, _use_new_zipfile_serialization=False)
+    tensors, _ = read_state(path)
+    assert torch.equal(tensors["backbone.body.conv1.weight"], torch.ones(2, 3))
