@@ -4,6 +4,7 @@
     segfpn convert SRC DST [--arch A]
     segfpn weights list | download NAME | verify
     segfpn eval --weights W --images DIR --instances ANN.json [--panoptic ANN.json --panoptic-dir PNGS]
+    segfpn train CONFIG [--resume] [--set KEY=VALUE]
 """
 
 from __future__ import annotations
@@ -16,20 +17,30 @@ from pathlib import Path
 
 
 def _add_predict(subparsers) -> None:
-    p = subparsers.add_parser("predict", help="segment an image or every image of a folder")
+    p = subparsers.add_parser(
+        "predict", help="segment an image or every image of a folder",
+        description="Segment an image, or every image of a folder: overlay PNG, COCO results JSON and "
+                    "panoptic PNG + JSON per image, one merged COCO results file, images already done "
+                    "skipped. Under `torchrun --nproc_per_node=N` the folder is split across the N "
+                    "processes (one GPU each, or CPU processes).")
     p.add_argument("input", help="an image file or a folder of images")
     p.add_argument("--weights", required=True, help="checkpoint file or known name (see `segfpn weights list`)")
     p.add_argument("--out", default="segfpn_out", help="output folder (default: segfpn_out)")
     p.add_argument("--arch", default=None, help="override the architecture read from the checkpoint")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; "
+                   "under torchrun cuda:LOCAL_RANK)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="fp32 (default) gives the reference outputs; bf16 (CPU or GPU) and fp16 (GPU) are faster")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (more than 1 pays on a GPU)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_predict)
 
 
 def _run_predict(args) -> int:
+    import os
+
     import segfpn
-    from segfpn.inference import distributed_rank, merge_results, predict_folder, write_image_outputs
+    from segfpn.inference import FolderReport, distributed_rank, merge_results, predict_folder, write_image_outputs
 
     source = Path(args.input)
     if not source.exists():
@@ -40,7 +51,7 @@ def _run_predict(args) -> int:
     if device is None and world_size > 1:
         import torch
 
-        device = f"cuda:{int(__import__('os').environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     predictor = segfpn.load(args.weights, arch=args.arch, device=device, precision=args.precision)
     out = Path(args.out)
     if source.is_file():
@@ -48,20 +59,37 @@ def _run_predict(args) -> int:
         write_image_outputs(predictor, source, out, image_id=1)
         print(f"wrote results for {source.name} to {out}/")
         return 0
-    report = predict_folder(predictor, source, out, rank=rank, world_size=world_size, progress=not args.no_progress)
-    if world_size > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if str(predictor.device).startswith("cuda") else "gloo")
-        dist.barrier()
-    if rank == 0:
+    report = predict_folder(predictor, source, out, rank=rank, world_size=world_size, progress=not args.no_progress,
+                            batch_size=max(1, args.batch_size))
+    if world_size == 1:
         merged = merge_results(source, out)
-        print(f"{len(report.done)} predicted, {len(report.skipped)} already done, {len(report.failed)} failed "
-              f"(this process); merged results: {merged}")
+        _print_summary(report, merged)
+        return 0 if not report.failed else 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if predictor.device.type == "cuda" else "gloo")
+    try:
+        dist.barrier()  # every process has written its images
+        if rank == 0:
+            reports = [json.loads((out / "logs" / f"predict_rank{r}_of_{world_size}.json").read_text())
+                       for r in range(world_size)]
+            total = FolderReport(done=[n for r in reports for n in r["done"]],
+                                 skipped=[n for r in reports for n in r["skipped"]],
+                                 failed={k: v for r in reports for k, v in r["failed"].items()})
+            _print_summary(total, merge_results(source, out), processes=world_size)
+        dist.barrier()  # nobody exits (which stops torchrun's other workers) before the merge is written
+    finally:
+        dist.destroy_process_group()
+    return 0 if not report.failed else 1
+
+
+def _print_summary(report, merged: Path, *, processes: int = 1) -> None:
+    where = f" ({processes} processes)" if processes > 1 else ""
+    print(f"{len(report.done)} predicted, {len(report.skipped)} already done, {len(report.failed)} failed{where}; "
+          f"merged results: {merged}")
     for name, reason in report.failed.items():
         print(f"  failed: {name}: {reason}", file=sys.stderr)
-    return 0 if not report.failed else 1
 
 
 def _add_convert(subparsers) -> None:
@@ -85,6 +113,7 @@ def _run_convert(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from segfpn.checkpoints import weights_cli
     from segfpn.evaluation.evaluate import register_cli as register_eval_cli
+    from segfpn.training.cli import register_cli as register_train_cli
 
     parser = argparse.ArgumentParser(prog="segfpn", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
@@ -93,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     weights_cli.register_cli(sub)
     register_eval_cli(sub)
+    register_train_cli(sub)
     return parser
 
 
