@@ -45,9 +45,9 @@ logger = logging.getLogger("segfpn.app")
 HERE = Path(__file__).resolve().parent
 EXAMPLES_DIR = HERE / "examples" / "images"
 #: Shown first in the examples gallery; any other image in the folder follows.
-EXAMPLE_ORDER = ("cyclists_33823288584.jpg", "dogs_people_16004479832.jpg",
-                 "street_wide_17790319373.jpg", "voc2007_000001_portrait.jpg", "astronaut.png",
-                 "coffee.png", "chelsea_cat.png", "camera_gray.png", "horse_rgba.png")
+EXAMPLE_ORDER = ("cyclists_33823288584.jpg", "dogs_people_16004479832.jpg", "street_wide_17790319373.jpg",
+                 "synthetic_shapes_0.png", "voc2007_000001_portrait.jpg", "astronaut.png", "coffee.png",
+                 "chelsea_cat.png", "synthetic_shapes_1.png")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860

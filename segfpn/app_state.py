@@ -51,9 +51,14 @@ logger = logging.getLogger(__name__)
 #: model works at 800-1333 px, so nothing is lost but memory and time. Results refer to the
 #: downscaled image.
 MAX_SIDE = 2000
-#: Checkpoints tried after the one asked for, in order. A small bundled model that works
-#: offline goes here (a path under weights/ or a catalogue name) once the project ships one.
-FALLBACK_CHECKPOINTS: tuple[str, ...] = ()
+#: segfpn's small Panoptic FPN trained on synthetic shapes (weights/README.md): it ships with the
+#: repository, so the app works on a machine that has no COCO checkpoint and no network.
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "weights" / "synthetic_panoptic_fpn.safetensors"
+#: Checkpoints tried after the one asked for, in order.
+FALLBACK_CHECKPOINTS: tuple[str, ...] = (str(BUNDLED_MODEL),)
+OFFLINE_BANNER = ("**Offline model in use.** No COCO checkpoint could be loaded (see below), so this is "
+                  "segfpn's small model trained on synthetic shapes: circles, squares, triangles and stars "
+                  "on sky, grass, water and wall. Try the synthetic examples; on photos it finds nothing useful.")
 #: Seconds a startup download may wait for the server (per connection and per read).
 DOWNLOAD_TIMEOUT_S = 15.0
 #: A candidate ending so is a file path (missing: "does not exist"), not a catalogue name.
@@ -308,6 +313,8 @@ class ModelSource:
         """Markdown: what is loaded, or why nothing is and what to do about it."""
         if self._predictor is not None:
             text = describe_model(self._predictor, self.loaded_from or "")
+            if self.loaded_from in FALLBACK_CHECKPOINTS and self.problems:
+                text = OFFLINE_BANNER + "\n\n" + text
             if self.problems:  # candidates before the loaded one
                 text += "\n\nNot used, tried first:\n" + "\n".join(p.markdown() for p in self.problems)
             return text

@@ -18,6 +18,7 @@ import app
 from segfpn import app_state, read_image
 from segfpn.checkpoints import catalogue
 from segfpn.export import rgb_to_id
+from testdata import EXAMPLES
 
 
 def _rgb(path) -> np.ndarray:
@@ -109,6 +110,7 @@ def test_large_upload_is_downscaled(client, tmp_path):
 
 
 def test_without_a_checkpoint_the_page_says_what_to_fetch(monkeypatch, tmp_path, d2_mini_checkpoint):
+    monkeypatch.setattr(app_state, "FALLBACK_CHECKPOINTS", ())  # not even the bundled model
     monkeypatch.setenv("SEGFPN_OFFLINE", "1")
     monkeypatch.setenv("SEGFPN_WEIGHTS_DIR", str(tmp_path))
     default = catalogue.default_checkpoint()
@@ -132,3 +134,17 @@ def test_without_a_checkpoint_the_page_says_what_to_fetch(monkeypatch, tmp_path,
         assert _rgb(overlay).shape == read_image(PHOTO).shape
     finally:
         demo.close()
+
+
+def test_offline_the_bundled_synthetic_model_serves_with_a_banner(monkeypatch, tmp_path):
+    monkeypatch.setenv("SEGFPN_OFFLINE", "1")
+    monkeypatch.setenv("SEGFPN_WEIGHTS_DIR", str(tmp_path))
+    source = app_state.ModelSource(app_state.candidate_checkpoints(None), device="cpu")
+    predictor = source.get()
+    assert source.loaded_from == str(app_state.BUNDLED_MODEL)
+    status = source.describe()
+    assert status.startswith("**Offline model in use.**")
+    assert catalogue.default_checkpoint().file_name in status  # and what to fetch for the real one
+    result = predictor.predict(EXAMPLES / "synthetic_shapes_1.png")
+    assert len(result.panoptic.segments) >= 3
+    assert {"circle", "square", "triangle", "star"} & {s.class_name for s in result.panoptic.segments}
