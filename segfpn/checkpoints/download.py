@@ -32,7 +32,7 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
+import secrets
 import time
 import urllib.error
 import urllib.request
@@ -203,7 +203,10 @@ def _prepare_dest_dir(dest_dir: Path) -> None:
 def _open_temp(dest_dir: Path, file_name: str) -> tuple[BinaryIO, Path]:
     """A new ``<file_name>.part-<random>`` file in ``dest_dir``, opened for writing."""
     try:
-        fd, temp_name = tempfile.mkstemp(dir=dest_dir, prefix=f"{file_name}.part-")
+        # O_EXCL with a random name, like mkstemp, but with the usual permissions (0o666 less the
+        # umask) so the finished checkpoint is readable by whoever can read the folder.
+        temp_name = dest_dir / f"{file_name}.part-{secrets.token_hex(6)}"
+        fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as e:
         raise DownloadError(f"cannot write to {dest_dir}: {e.strerror or e}. Make it writable, or "
                             f"pass another folder (--dir / dest_dir=) or set {WEIGHTS_DIR_ENV}.",

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from segfpn.checkpoints.converters import (ConvertedCheckpoint, convert_detectro
 from segfpn.checkpoints.errors import CheckpointError, UnsafeCheckpointError
 from segfpn.checkpoints.safe_pickle import load_arrays_pickle
 from segfpn.config import ARCHITECTURES, ModelConfig
+from segfpn.export import write_atomic
 from segfpn.model.detector import SegFPN
 
 logger = logging.getLogger(__name__)
@@ -205,19 +205,15 @@ def save_native(path: str | os.PathLike, model: SegFPN, categories: CategorySet,
 
     Written to a temporary file beside ``path`` and renamed, so a failure leaves no partial file.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
                if not k.endswith("num_batches_tracked")}
     metadata = {"format": NATIVE_FORMAT, "arch": arch, "config": json.dumps(model.config.to_dict()),
                 "categories": json.dumps(categories.to_json())}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Serialised in memory (safetensors' own writer can't target an open file), then written
+    # atomically with the usual permissions.
+    payload = save(tensors, metadata=metadata)
+    write_atomic(path, lambda f: f.write(payload))
     return path

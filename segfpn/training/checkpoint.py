@@ -31,6 +31,7 @@ import torch
 
 from segfpn.categories import CategorySet
 from segfpn.checkpoints.loading import load_into, read_state, save_native
+from segfpn.export import write_atomic
 from segfpn.model.detector import SegFPN
 
 logger = logging.getLogger(__name__)
@@ -80,25 +81,17 @@ def seed_everything(seed: int) -> None:
 # Files
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def checkpoint_name(iteration: int) -> str:
@@ -112,6 +105,7 @@ def save_checkpoint(output_dir: Path, *, iteration: int, model: SegFPN, categori
     output_dir = Path(output_dir)
     final = output_dir / checkpoint_name(iteration)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=output_dir))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; the folder should look like any other
     try:
         save_native(tmp / WEIGHTS_FILE, model, categories, arch=arch)
         _atomic_torch_save(training_state, tmp / STATE_FILE)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from segfpn.categories import CategorySet
+from segfpn.checkpoints.loading import save_native
 from segfpn.config import ModelConfig
 from segfpn.model.detector import SegFPN
 from segfpn.training import checkpoint as ckpt
@@ -375,10 +376,7 @@ class Trainer:
         finally:
             bar.close()
         if is_main:
-            final = self.output_dir / "model_final.safetensors"
-            from segfpn.checkpoints.loading import save_native
-
-            save_native(final, self.model, self.categories, arch=cfg.arch)
+            save_native(self.output_dir / "model_final.safetensors", self.model, self.categories, arch=cfg.arch)
             if cfg.final_weights:
                 Path(cfg.final_weights).parent.mkdir(parents=True, exist_ok=True)
                 save_native(cfg.final_weights, self.model, self.categories, arch=cfg.arch)

@@ -163,6 +163,9 @@ def test_download_verifies_and_renames(server, tmp_path, capsys):
     assert _listing(dest) == [D2_NAME]
     assert server.hits[f"/zoo/{D2_NAME}"] == 1
     assert capsys.readouterr().err == ""  # progress=False: no bar
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like any file, not a temp file's 0600
 
 
 def test_download_sha256_entry_with_progress_bar(server, tmp_path, capsys):
@@ -377,10 +380,14 @@ def test_destination_is_a_file(server, tmp_path):
 def test_unwritable_destination(server, tmp_path, monkeypatch):
     checkpoint = _serve(server)
 
-    def denied(**kwargs):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), kwargs["dir"])
+    real_open = os.open
 
-    monkeypatch.setattr(dl.tempfile, "mkstemp", lambda **kwargs: denied(**kwargs))
+    def denied_in_tmp_path(path, *args, **kwargs):
+        if Path(path).parent == tmp_path:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(dl.os, "open", denied_in_tmp_path)
     with pytest.raises(DownloadError) as excinfo:
         download(checkpoint, dest_dir=tmp_path, progress=False)
     assert f"cannot write to {tmp_path}" in str(excinfo.value)

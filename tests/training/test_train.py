@@ -4,6 +4,7 @@ evaluation keeps the best checkpoint, fine-tuning and ImageNet initialisation ke
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -66,6 +67,10 @@ def test_resume_repeats_an_uninterrupted_run(tiny_config_dict, tmp_path):
 
     folder = find_last_checkpoint(tmp_path / "b")
     assert folder.name == "checkpoint_0000006"
+    umask = os.umask(0)
+    os.umask(umask)
+    for path, mode in ((folder, 0o777), (folder / STATE_FILE, 0o666), (folder / "model.safetensors", 0o666)):
+        assert path.stat().st_mode & 0o777 == mode & ~umask, path  # the usual permissions, not mkstemp's 0600
     state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     assert state["iteration"] == 6 and len(state["rng"]) == 1
     assert yaml.safe_load(state["config"])["solver"]["max_iter"] == 6
