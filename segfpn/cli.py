@@ -31,9 +31,19 @@ def _add_predict(subparsers) -> None:
                    "under torchrun cuda:LOCAL_RANK)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="fp32 (default) gives the reference outputs; bf16 (CPU or GPU) and fp16 (GPU) are faster")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (more than 1 pays on a GPU)")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="images per forward pass (more than 1 pays on a GPU)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_predict)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _run_predict(args) -> int:
@@ -60,7 +70,7 @@ def _run_predict(args) -> int:
         print(f"wrote results for {source.name} to {out}/")
         return 0
     report = predict_folder(predictor, source, out, rank=rank, world_size=world_size, progress=not args.no_progress,
-                            batch_size=max(1, args.batch_size))
+                            batch_size=args.batch_size)
     if world_size == 1:
         merged = merge_results(source, out)
         _print_summary(report, merged)

@@ -18,7 +18,8 @@ from segfpn.config import ModelConfig
 from segfpn.imageio import read_image
 from segfpn.model.detector import NetworkOutputs, SegFPN
 from segfpn.model.fusion import fuse_panoptic
-from segfpn.model.postprocess import postprocess_instances, semantic_logits_to_image
+from segfpn.model.optimize import keep_freed_memory, optimize_for_inference
+from segfpn.model.postprocess import ImageInstances, postprocess_instances, semantic_labels_to_image
 from segfpn.model.preprocess import preprocess
 from segfpn.structures import Instances, PanopticSegmentation, Result, Segment, SemanticSegmentation
 
@@ -34,17 +35,30 @@ def default_device() -> torch.device:
 class Predictor:
     """Runs a :class:`SegFPN` on single images.
 
-    ``precision``: "fp32" (default), or "bf16" / "fp16" autocast (fp16 on CUDA only).
+    ``precision``: "fp32" (default, the reference libraries' outputs), or "bf16" / "fp16"
+    autocast (fp16 on CUDA only; bf16 is about twice as fast on CPUs with AVX512-BF16 or AMX,
+    with slightly different outputs: see benchmarks/README.md for its measured parity).
+    ``optimize``: rewrite ``model`` for inference, in place: frozen BatchNorm folded into the
+    convolutions, weights in channels-last order (and in bf16 for ``precision="bf16"`` on CPU);
+    on CPU also :func:`~segfpn.model.optimize.keep_freed_memory` (process-wide; opt out with
+    ``SEGFPN_KEEP_FREED_MEMORY=0``). Leave it off for a model you go on training; :func:`load`
+    turns it on for the model it builds.
     """
 
     def __init__(self, model: SegFPN, categories: CategorySet, *, device: str | torch.device | None = None,
-                 arch: str = "", precision: str = "fp32", report: LoadReport | None = None, source: str = ""):
+                 arch: str = "", precision: str = "fp32", report: LoadReport | None = None, source: str = "",
+                 optimize: bool = False):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = torch.device(device) if device is not None else default_device()
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 needs a CUDA device; use precision='bf16' on CPU")
         self.model = model.to(self.device).eval()
+        self.optimized = optimize
+        if optimize:
+            optimize_for_inference(self.model, precision=precision)
+            if self.device.type == "cpu":
+                keep_freed_memory()
         self.categories = categories
         self.arch = arch
         self.precision = precision
@@ -68,32 +82,56 @@ class Predictor:
     @torch.inference_mode()
     def predict(self, image, *, return_features: bool = False) -> Result:
         """``image``: a path, bytes, PIL image, or HxWx3 uint8 RGB array (see :func:`segfpn.imageio.read_image`)."""
+        return self._predict_images([image], return_features=return_features)[0]
+
+    @torch.inference_mode()
+    def predict_batch(self, images: list) -> list[Result]:
+        """:meth:`predict` for several images in one forward pass (worth it on a GPU; on a CPU the
+        images are padded to the largest, so one at a time is as fast). Timings are per batch."""
+        return self._predict_images(list(images), return_features=False) if len(images) else []
+
+    def _predict_images(self, images: list, *, return_features: bool) -> list[Result]:
         timings = {}
         start = time.perf_counter()
-        rgb = read_image(image)
-        batch = preprocess([rgb], self.config.input, device=self.device)
+        rgbs = [read_image(image) for image in images]
+        batch = preprocess(rgbs, self.config.input, device=self.device)
+        if self.optimized:
+            batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
         timings["preprocess"] = time.perf_counter() - start
         with self._autocast():
-            outputs = self.forward_timed(batch, timings)
+            outputs = self.forward_timed(batch, timings, keep_bottom_up=return_features)
         start = time.perf_counter()
-        result = self.to_result(outputs, batch.image_sizes[0], rgb.shape[:2], batch.padded_size,
-                                return_features=return_features)
+        results = [self.to_result(outputs, batch.image_sizes[i], rgb.shape[:2], batch.padded_size,
+                                  return_features=return_features, index=i) for i, rgb in enumerate(rgbs)]
         timings["postprocess"] = time.perf_counter() - start
-        result.timings = timings
-        return result
+        for result in results:
+            result.timings = dict(timings)
+        return results
 
-    def forward_timed(self, batch, timings: dict) -> NetworkOutputs:
-        """The model's forward, stage by stage, recording seconds per stage in ``timings``."""
+    def forward_timed(self, batch, timings: dict, *, keep_bottom_up: bool = True) -> NetworkOutputs:
+        """The model's forward, stage by stage, recording seconds per stage in ``timings``.
+
+        ``keep_bottom_up=False`` drops c2-c5 once the FPN has them (``outputs.bottom_up`` is then
+        empty), which lowers the peak memory of the heads by ~80 MB at 800x800.
+        """
         model = self.model
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         start = time.perf_counter()
         bottom_up = model.backbone(batch.tensor)
         pyramid = model.fpn(bottom_up)
+        if not keep_bottom_up:
+            bottom_up = {}
         sync()
         timings["backbone_fpn"] = time.perf_counter() - start
         start = time.perf_counter()
         proposals, _ = model.rpn(pyramid, batch.image_sizes, batch.padded_size)
-        instances = model.roi_heads(pyramid, proposals, batch.image_sizes)
+        # RoIAlign runs in float32 (torchvision's autocast does the same): with low-precision
+        # features, convert them once here rather than once per pooler and level.
+        roi_features = pyramid
+        if self.precision != "fp32" and self.device.type == "cpu":
+            roi_features = {name: level.float() for name, level in pyramid.items()}
+        instances = model.roi_heads(roi_features, proposals, batch.image_sizes)
+        del roi_features
         sync()
         timings["heads"] = time.perf_counter() - start
         start = time.perf_counter()
@@ -104,10 +142,11 @@ class Predictor:
                        semantic_logits=semantic)
 
     def to_result(self, outputs: NetworkOutputs, input_size, image_size, padded_size, *,
-                  return_features: bool) -> Result:
+                  return_features: bool, index: int = 0) -> Result:
+        """Image ``index`` of ``outputs`` at its original size, as numpy arrays."""
         cfg = self.config
         image_size = tuple(int(v) for v in image_size)
-        inst = postprocess_instances(outputs.instances[0], input_size, image_size, cfg.mask_head)
+        inst = postprocess_instances(outputs.instances[index], input_size, image_size, cfg.mask_head)
         things = self.categories.things
         instances = Instances(
             boxes=inst.boxes.float().cpu().numpy().astype(np.float32),
@@ -118,30 +157,30 @@ class Predictor:
             box_levels=inst.box_levels.cpu().numpy().astype(np.int64))
         semantic = panoptic = None
         if outputs.semantic_logits is not None:
-            logits = semantic_logits_to_image(outputs.semantic_logits[0].float(), input_size, image_size)
-            labels = logits.argmax(dim=0)
+            logits = outputs.semantic_logits[index:index + 1].float()
+            labels = semantic_labels_to_image(logits, input_size, image_size)
             stuff = self.categories.stuff
             semantic = SemanticSegmentation(
                 labels=labels.cpu().numpy().astype(np.uint8 if len(stuff) <= 256 else np.int32),
                 class_names=[c.name for c in stuff], category_ids=[c.id for c in stuff])
-            panoptic = self.fuse(inst.masks, inst.scores, labels, instances)
+            panoptic = self.fuse(inst, labels, instances)
         features = None
         if return_features:
-            features = {name: t[0].float().cpu() for name, t in {**outputs.bottom_up, **outputs.pyramid}.items()}
+            features = {name: t[index].float().cpu().contiguous()
+                        for name, t in {**outputs.bottom_up, **outputs.pyramid}.items()}
         return Result(image_size=image_size, input_size=tuple(input_size), padded_size=tuple(padded_size),
                       instances=instances, semantic=semantic, panoptic=panoptic, features=features,
                       device=str(self.device))
 
-    def fuse(self, masks: torch.Tensor, scores: torch.Tensor, semantic_labels: torch.Tensor,
-             instances: Instances) -> PanopticSegmentation:
+    def fuse(self, inst: ImageInstances, semantic_labels: torch.Tensor, instances: Instances) -> PanopticSegmentation:
         cfg = self.config.panoptic
         stuff = self.categories.stuff
         things_label = next((i for i, c in enumerate(stuff) if c.isthing), None)
-        segment_ids, fused = fuse_panoptic(masks, scores.float(), semantic_labels,
+        segment_ids, fused = fuse_panoptic(inst.masks, inst.scores.float(), semantic_labels,
                                            overlap_threshold=cfg.overlap_threshold,
                                            stuff_area_threshold=cfg.stuff_area_threshold,
                                            instance_score_threshold=cfg.instance_score_threshold,
-                                           things_label=things_label)
+                                           things_label=things_label, regions=inst.mask_regions)
         segments = []
         for s in fused:
             if s.isthing:
@@ -157,7 +196,8 @@ class Predictor:
 
 
 def load(checkpoint: str | os.PathLike, *, arch: str | None = None, device: str | torch.device | None = None,
-         precision: str = "fp32", strict: bool = True, overrides: dict | None = None) -> Predictor:
+         precision: str = "fp32", strict: bool = True, overrides: dict | None = None,
+         optimize: bool = True) -> Predictor:
     """Load a checkpoint (a file, or the name of a known one) into a :class:`Predictor`.
 
     The format (torchvision ``.pth``, detectron2 ``.pkl``, segfpn ``.safetensors``) and the
@@ -165,6 +205,9 @@ def load(checkpoint: str | os.PathLike, *, arch: str | None = None, device: str 
     A known name (``segfpn weights list``) is looked up in ``weights/`` and downloaded on first use.
     ``device`` defaults to CUDA when available. ``overrides`` changes inference settings, e.g.
     ``{"box_head": {"score_threshold": 0.3}, "panoptic": {"stuff_area_threshold": 1024}}``.
+    ``optimize`` (default on) folds frozen BatchNorm into the convolutions and uses channels-last
+    weights: same outputs, faster. Pass ``optimize=False`` to get the checkpoint's own
+    parameterisation in ``.model`` (to train it, or to save it).
     """
     path = Path(checkpoint)
     if not path.exists():
@@ -177,4 +220,4 @@ def load(checkpoint: str | os.PathLike, *, arch: str | None = None, device: str 
         path = download.ensure_available(known)
     loaded = load_checkpoint(path, arch=arch, strict=strict, overrides=overrides)
     return Predictor(loaded.model, loaded.categories, device=device, arch=loaded.arch, precision=precision,
-                     report=loaded.report, source=str(path))
+                     report=loaded.report, source=str(path), optimize=optimize)

@@ -205,6 +205,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     model.add_argument("--images", metavar="DIR", help="folder with the annotated images")
     model.add_argument("--device", metavar="D",
                        help="torch device, e.g. cpu or cuda (default: CUDA when available)")
+    model.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                       help="fp32 (default, the reference outputs), bf16 (CPU or GPU) or fp16 (GPU): "
+                            "to measure what the faster modes cost in accuracy")
     files = parser.add_argument_group("without a model")
     files.add_argument("--predictions-dir", metavar="DIR",
                        help=f"folder with {DETECTIONS_FILE} / {PANOPTIC_JSON_FILE} + "
@@ -233,7 +236,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
             raise SystemExit("segfpn eval: --weights needs --images DIR and --out OUT")
         import segfpn  # the model stack loads only when a model is evaluated
 
-        predictor = segfpn.load(args.weights, device=args.device)
+        predictor = segfpn.load(args.weights, device=args.device, precision=args.precision)
         metrics = evaluate(predictor, images_dir=args.images, instances_json=args.instances,
                            panoptic_json=args.panoptic, panoptic_dir=args.panoptic_dir,
                            out_dir=args.out, progress=not args.no_progress)

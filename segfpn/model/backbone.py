@@ -36,10 +36,10 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
-        out = F.relu(self.conv1(x))
-        out = F.relu(self.conv2(out))
+        out = F.relu(self.conv1(x), inplace=True)
+        out = F.relu(self.conv2(out), inplace=True)
         out = self.conv3(out)
-        return F.relu(out + identity)
+        return F.relu(out + identity, inplace=True)
 
 
 class BasicBlock(nn.Module):
@@ -56,8 +56,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
-        out = F.relu(self.conv1(x))
-        return F.relu(self.conv2(out) + identity)
+        out = F.relu(self.conv1(x), inplace=True)
+        return F.relu(self.conv2(out) + identity, inplace=True)
 
 
 class ResNet(nn.Module):
@@ -99,7 +99,7 @@ class ResNet(nn.Module):
             bottleneck *= 2
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = F.relu(self.stem(x))
+        x = F.relu(self.stem(x), inplace=True)
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
         features = {}
         for name, stage in self.stages.items():

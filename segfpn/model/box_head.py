@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms
 
 from segfpn.config import BoxHeadConfig
-from segfpn.model.boxes import clip_boxes, decode_boxes, nonempty
+from segfpn.model.boxes import batched_nms_top_k, clip_boxes, decode_boxes, nonempty
 from segfpn.model.layers import conv_stack
 
 
@@ -29,10 +28,10 @@ class BoxHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self.convs:
-            x = F.relu(conv(x))
+            x = F.relu(conv(x), inplace=True)
         x = x.flatten(1)
         for fc in self.fcs:
-            x = F.relu(fc(x))
+            x = F.relu(fc(x), inplace=True)
         return x
 
 
@@ -82,5 +81,5 @@ def select_detections(class_logits: torch.Tensor, box_deltas: torch.Tensor, prop
     if config.min_detection_size > 0:
         keep = nonempty(boxes, config.min_detection_size)
         boxes, scores, labels, proposal_index = boxes[keep], scores[keep], labels[keep], proposal_index[keep]
-    keep = batched_nms(boxes, scores, labels, config.nms_threshold)[: config.detections_per_image]
+    keep = batched_nms_top_k(boxes, scores, labels, config.nms_threshold, config.detections_per_image)
     return Detections(boxes=boxes[keep], scores=scores[keep], labels=labels[keep], proposal_index=proposal_index[keep])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torchvision.ops import batched_nms, nms
 
 #: Largest dw/dh before exp(): boxes can grow at most 1000/16 times.
 DELTA_CLAMP = math.log(1000.0 / 16)
@@ -62,3 +63,46 @@ def nonempty(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
     w = boxes[:, 2] - boxes[:, 0]
     h = boxes[:, 3] - boxes[:, 1]
     return (w >= min_size) & (h >= min_size) & (w > 0) & (h > 0)
+
+
+
+def batched_nms_top_k(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float,
+                      k: int) -> torch.Tensor:
+    """``torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)[:k]``, without running
+    NMS on boxes that cannot reach the top k.
+
+    Greedy NMS keeps a box when no kept box of its class with a higher score overlaps it, so
+    whether a box is kept depends only on the boxes scored above it: NMS on the highest-scored
+    boxes alone decides them exactly. This runs per-class NMS (torchvision's per-class loop, the
+    one it uses itself for this many boxes) on the best 4k boxes, then 16k, ..., until k are kept.
+    With 90 classes x 1000 proposals (score threshold 0) that is ~60x less work.
+    """
+    n = scores.numel()
+    # Below this size torchvision offsets the boxes per class and runs one NMS (a different
+    # rounding); keep its exact behaviour there, it is cheap anyway.
+    vanilla_from = 4000 if boxes.device.type == "cpu" else 20000
+    if boxes.numel() <= vanilla_from or k <= 0:
+        return batched_nms(boxes, scores, idxs, iou_threshold)[:max(k, 0)]
+    size = 4 * k
+    while True:
+        if size < n:
+            cut = scores.topk(size, sorted=False).values.min()
+            chosen = torch.nonzero(scores >= cut).squeeze(1)  # every box tied with the cut, in index order
+        else:
+            chosen = torch.arange(n, device=scores.device)
+        keep = _per_class_nms(boxes[chosen], scores[chosen], idxs[chosen], iou_threshold)
+        if keep.numel() >= k or chosen.numel() == n:
+            return chosen[keep[:k]]
+        size *= 4
+
+
+def _per_class_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """torchvision's ``_batched_nms_vanilla``: NMS within each class (boxes in index order), kept
+    indices sorted by descending score. Classes are found with one sort instead of a pass per class."""
+    order = torch.argsort(idxs, stable=True)
+    counts = torch.unique_consecutive(idxs[order], return_counts=True)[1].tolist()
+    kept = []
+    for group in torch.split(order, counts):
+        kept.append(group[nms(boxes[group], scores[group], iou_threshold)])
+    keep = torch.cat(kept).sort().values if kept else order[:0]
+    return keep[scores[keep].sort(descending=True)[1]]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segfpn.config import MaskHeadConfig
-from segfpn.model.layers import ConvNorm
+from segfpn.model.layers import conv_stack
 
 
 class MaskHead(nn.Module):
@@ -15,18 +15,14 @@ class MaskHead(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, config: MaskHeadConfig):
         super().__init__()
-        self.convs = nn.ModuleList()
-        channels = in_channels
-        for out_channels in config.conv_channels:
-            self.convs.append(ConvNorm(channels, out_channels, 3, norm=config.norm))
-            channels = out_channels
+        self.convs, channels = conv_stack(in_channels, config.conv_channels, norm=config.norm)
         self.deconv = nn.ConvTranspose2d(channels, channels, 2, stride=2)
         self.predictor = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self.convs:
-            x = F.relu(conv(x))
-        return self.predictor(F.relu(self.deconv(x)))
+            x = F.relu(conv(x), inplace=True)
+        return self.predictor(F.relu(self.deconv(x), inplace=True))
 
 
 def class_mask_probabilities(mask_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -41,51 +37,114 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int,
 
     "box_resize": the mask, padded by one cell, is resized to its box rounded to integers
     (torchvision). "grid_sample": the mask is sampled bilinearly at every pixel centre of the
-    box plus a one-pixel margin (detectron2 on CPU).
+    box plus a one-pixel margin (detectron2 on CPU). Pixels are ``>= threshold``.
+
+    Only each box's region is computed and written; no full-image float mask is made.
     """
+    return paste_masks_with_regions(masks, boxes, image_size, method=method, threshold=threshold)[0]
+
+
+def paste_masks_with_regions(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], *,
+                             method: str, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`paste_masks`, and int64 [N, 4] (y0, y1, x0, x1): the half-open region of the image
+    each mask was written in (every pixel outside it is False; empty when y1 <= y0)."""
     h, w = image_size
     out = torch.zeros((masks.shape[0], h, w), dtype=torch.bool, device=masks.device)
     if masks.shape[0] == 0:
-        return out
-    paste_one = _paste_box_resize if method == "box_resize" else _paste_grid_sample
-    for i in range(masks.shape[0]):
-        paste_one(masks[i], boxes[i], out[i], threshold)
-    return out
+        return out, torch.zeros((0, 4), dtype=torch.int64, device=masks.device)
+    if method == "box_resize":
+        regions = _paste_box_resize(masks.float(), boxes.float(), out, threshold)
+    elif method == "grid_sample":
+        regions = _paste_grid_sample(masks.float(), boxes.float(), out, threshold)
+    else:
+        raise ValueError(f"unknown paste method {method!r}; expected box_resize or grid_sample")
+    return out, regions
 
 
-def _paste_box_resize(mask: torch.Tensor, box: torch.Tensor, out: torch.Tensor, threshold: float) -> None:
-    m = mask.shape[-1]
-    scale = (m + 2.0) / m
-    padded = F.pad(mask, (1, 1, 1, 1))
-    # Grow the box by the same factor as the mask grew, then round it to whole pixels.
-    half_w = (box[2] - box[0]) * 0.5 * scale
-    half_h = (box[3] - box[1]) * 0.5 * scale
-    cx = (box[2] + box[0]) * 0.5
-    cy = (box[3] + box[1]) * 0.5
-    x0, y0, x1, y1 = (int(v) for v in torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h)).to(torch.int64))
-    bw, bh = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
-    resized = F.interpolate(padded[None, None], size=(bh, bw), mode="bilinear", align_corners=False)[0, 0]
-    ih, iw = out.shape
-    cx0, cx1 = max(x0, 0), min(x1 + 1, iw)
-    cy0, cy1 = max(y0, 0), min(y1 + 1, ih)
-    if cx1 <= cx0 or cy1 <= cy0:
-        return
-    out[cy0:cy1, cx0:cx1] = resized[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] >= threshold
+def _box_resize_boxes(boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
+    """int64 [N, 4] (x0, y0, x1, y1), inclusive integer boxes that torchvision resizes each mask
+    into: the box grown by (M + 2) / M around its centre (the mask's one-cell padding), truncated."""
+    scale = (mask_size + 2.0) / mask_size
+    half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
+    half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
+    cx = (boxes[:, 2] + boxes[:, 0]) * 0.5
+    cy = (boxes[:, 3] + boxes[:, 1]) * 0.5
+    return torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=1).to(torch.int64)
 
 
-def _paste_grid_sample(mask: torch.Tensor, box: torch.Tensor, out: torch.Tensor, threshold: float) -> None:
-    ih, iw = out.shape
-    x0 = max(int(torch.floor(box[0]).item()) - 1, 0)
-    y0 = max(int(torch.floor(box[1]).item()) - 1, 0)
-    x1 = min(int(torch.ceil(box[2]).item()) + 1, iw)
-    y1 = min(int(torch.ceil(box[3]).item()) + 1, ih)
-    if x1 <= x0 or y1 <= y0:
-        return
-    ys = torch.arange(y0, y1, device=mask.device, dtype=torch.float32) + 0.5
-    xs = torch.arange(x0, x1, device=mask.device, dtype=torch.float32) + 0.5
-    # Pixel centres in the box's normalised [-1, 1] frame.
-    gy = (ys - box[1]) / (box[3] - box[1]) * 2 - 1
-    gx = (xs - box[0]) / (box[2] - box[0]) * 2 - 1
-    grid = torch.stack((gx[None, :].expand(len(gy), -1), gy[:, None].expand(-1, len(gx))), dim=2)
-    sampled = F.grid_sample(mask[None, None].float(), grid[None], align_corners=False)[0, 0]
-    out[y0:y1, x0:x1] = sampled >= threshold
+def _paste_box_resize(masks: torch.Tensor, boxes: torch.Tensor, out: torch.Tensor, threshold: float) -> torch.Tensor:
+    # One bilinear resize per mask, to its own box size: that is torchvision's arithmetic, which
+    # a batched resize to a common size would round differently. Only the box is resized and
+    # only its part inside the image is written.
+    ih, iw = out.shape[-2:]
+    boxes = _box_resize_boxes(boxes, masks.shape[-1])
+    # The written regions: each integer box (inclusive) clipped to the image.
+    regions = torch.stack((boxes[:, 1].clamp(min=0), (boxes[:, 3] + 1).clamp(max=ih),
+                           boxes[:, 0].clamp(min=0), (boxes[:, 2] + 1).clamp(max=iw)), dim=1)
+    padded = F.pad(masks, (1, 1, 1, 1))[:, None]
+    for i, ((x0, y0, x1, y1), (cy0, cy1, cx0, cx1)) in enumerate(zip(boxes.tolist(), regions.tolist())):
+        if cx1 <= cx0 or cy1 <= cy0:
+            continue
+        size = (max(y1 - y0 + 1, 1), max(x1 - x0 + 1, 1))
+        resized = F.interpolate(padded[i:i + 1], size=size, mode="bilinear", align_corners=False)[0, 0]
+        torch.ge(resized[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0], threshold, out=out[i, cy0:cy1, cx0:cx1])
+    return regions
+
+
+def _grid_sample_ranges(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """int64 [N, 4] (x0, y0, x1, y1), half-open pixel ranges detectron2 samples each box on:
+    the box's pixels plus a one-pixel margin, clipped to the image."""
+    ih, iw = image_size
+    x0 = (torch.floor(boxes[:, 0]) - 1).clamp(min=0)
+    y0 = (torch.floor(boxes[:, 1]) - 1).clamp(min=0)
+    x1 = (torch.ceil(boxes[:, 2]) + 1).clamp(max=iw)
+    y1 = (torch.ceil(boxes[:, 3]) + 1).clamp(max=ih)
+    return torch.stack((x0, y0, x1, y1), dim=1).to(torch.int64)
+
+
+#: Most sampled pixels per grid_sample call when pasting (bounds the temporary memory).
+PASTE_CHUNK_PIXELS = 1 << 22
+
+
+def _paste_grid_sample(masks: torch.Tensor, boxes: torch.Tensor, out: torch.Tensor, threshold: float) -> torch.Tensor:
+    # grid_sample computes each output pixel from its own grid point, so masks can share one call:
+    # every region is padded to the largest of its chunk, and the padding is discarded.
+    regions = _grid_sample_ranges(boxes, tuple(out.shape[-2:]))
+    heights = (regions[:, 3] - regions[:, 1]).clamp(min=0)
+    widths = (regions[:, 2] - regions[:, 0]).clamp(min=0)
+    order = torch.argsort(heights * widths, descending=True)
+    order = order[(heights[order] > 0) & (widths[order] > 0)].tolist()
+    hw = torch.stack((heights, widths), dim=1).tolist()
+    start = 0
+    while start < len(order):
+        # Masks sorted by area; grow the chunk while its padded size stays in budget.
+        max_h, max_w = hw[order[start]]
+        end = start + 1
+        while end < len(order):
+            h, w = hw[order[end]]
+            new_h, new_w = max(max_h, h), max(max_w, w)
+            if (end - start + 1) * new_h * new_w > PASTE_CHUNK_PIXELS:
+                break
+            max_h, max_w, end = new_h, new_w, end + 1
+        chunk = torch.tensor(order[start:end], device=masks.device)
+        _sample_chunk(masks[chunk], boxes[chunk], regions[chunk], [order[j] for j in range(start, end)],
+                      [hw[order[j]] for j in range(start, end)], (max_h, max_w), out, threshold)
+        start = end
+    return regions[:, [1, 3, 0, 2]]
+
+
+def _sample_chunk(masks, boxes, regions, indices, sizes, padded_size, out, threshold) -> None:
+    max_h, max_w = padded_size
+    device = masks.device
+    # Pixel centres (+0.5) of every region, in each box's normalised [-1, 1] frame, computed
+    # with the same float32 operations as detectron2's per-box code.
+    ys = (regions[:, 1:2] + torch.arange(max_h, device=device)).to(torch.float32) + 0.5
+    xs = (regions[:, 0:1] + torch.arange(max_w, device=device)).to(torch.float32) + 0.5
+    x0, y0, x1, y1 = boxes[:, 0:1], boxes[:, 1:2], boxes[:, 2:3], boxes[:, 3:4]
+    gy = (ys - y0) / (y1 - y0) * 2 - 1
+    gx = (xs - x0) / (x1 - x0) * 2 - 1
+    n = len(indices)
+    grid = torch.stack((gx[:, None, :].expand(n, max_h, max_w), gy[:, :, None].expand(n, max_h, max_w)), dim=3)
+    sampled = F.grid_sample(masks[:, None], grid, align_corners=False)[:, 0] >= threshold
+    for j, (i, (h, w), (rx0, ry0)) in enumerate(zip(indices, sizes, regions[:, :2].tolist())):
+        out[i, ry0:ry0 + h, rx0:rx0 + w] = sampled[j, :h, :w]

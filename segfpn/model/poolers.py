@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.ops import roi_align
-
 from segfpn.config import PoolerConfig
+from segfpn.model.roi_align import roi_align
 
 
 def assign_levels(boxes: torch.Tensor, config: PoolerConfig) -> torch.Tensor:

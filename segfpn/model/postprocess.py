@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from segfpn.config import MaskHeadConfig
 from segfpn.model.boxes import clip_boxes, nonempty
 from segfpn.model.roi_heads import InstanceOutputs
-from segfpn.model.mask_head import paste_masks
+from segfpn.model.mask_head import paste_masks_with_regions
 
 
 @dataclass
 class ImageInstances:
     """Detections in original-image pixels: boxes float32 [N, 4] xyxy, masks bool [N, H, W];
+    mask_regions int64 [N, 4] (y0, y1, x0, x1), a half-open box outside which each mask is empty;
     the rest as in :class:`InstanceOutputs`."""
 
     boxes: torch.Tensor
@@ -24,6 +25,7 @@ class ImageInstances:
     masks: torch.Tensor
     levels: torch.Tensor
     box_levels: torch.Tensor
+    mask_regions: torch.Tensor | None = field(default=None, repr=False)
 
 
 def rescale_boxes(boxes: torch.Tensor, input_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
@@ -45,12 +47,27 @@ def postprocess_instances(outputs: InstanceOutputs, input_size: tuple[int, int],
                   levels=outputs.levels, box_levels=outputs.box_levels)
     if keep is not None:
         fields = {k: v[keep] for k, v in fields.items()}
-    masks = paste_masks(fields.pop("mask_probs"), fields["boxes"], output_size, method=config.paste_method,
-                        threshold=config.mask_threshold)
-    return ImageInstances(masks=masks, **fields)
+    masks, regions = paste_masks_with_regions(fields.pop("mask_probs"), fields["boxes"], output_size,
+                                              method=config.paste_method, threshold=config.mask_threshold)
+    return ImageInstances(masks=masks, mask_regions=regions, **fields)
 
 
 def semantic_logits_to_image(logits: torch.Tensor, input_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
-    """[S, Hp, Wp] logits of the padded input -> [S, H, W] at the original size (crop, then bilinear)."""
-    cropped = logits[:, : input_size[0], : input_size[1]]
-    return F.interpolate(cropped[None], size=output_size, mode="bilinear", align_corners=False)[0]
+    """[S, Hp, Wp] (or [B, S, Hp, Wp]) logits of the padded input -> [S, H, W] ([B, S, H, W]) at
+    the original size (crop, then bilinear)."""
+    batched = logits.dim() == 4
+    cropped = logits[..., : input_size[0], : input_size[1]]
+    if tuple(cropped.shape[-2:]) == tuple(output_size):
+        return cropped  # a bilinear resize to the same size is the identity
+    resized = F.interpolate(cropped if batched else cropped[None], size=output_size, mode="bilinear",
+                            align_corners=False)
+    return resized if batched else resized[0]
+
+
+def semantic_labels_to_image(logits: torch.Tensor, input_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
+    """int64 [H, W]: the argmax of :func:`semantic_logits_to_image` for one image's logits
+    [1, S, Hp, Wp], computed channels-last (a pixel's class scores side by side: the resize and
+    the argmax are 3-4x faster than over [S, H, W] planes)."""
+    logits = logits.contiguous(memory_format=torch.channels_last)
+    return semantic_logits_to_image(logits, input_size, output_size).argmax(dim=1)[0]
+

@@ -56,6 +56,8 @@ def preprocess_image(image: np.ndarray, config: InputConfig, *, device: torch.de
     """RGB uint8 [H, W, 3] -> (normalised float32 [3, h, w] in the network's channel order, (h, w))."""
     height, width = image.shape[:2]
     new_h, new_w = resized_size(height, width, config)
+    if not image.flags.writeable:
+        image = image.copy()  # torch.from_numpy wants a writable array (e.g. not PIL's read-only view)
     scale_to_range = config.pixel_range / 255.0
     if config.resize_method == "pil_bilinear":
         if (new_h, new_w) != (height, width):

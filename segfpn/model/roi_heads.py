@@ -32,6 +32,10 @@ class InstanceOutputs:
     box_levels: torch.Tensor
 
 
+#: RoIs per mask-head call at inference (bounds its memory; smaller batches are as fast on CPU).
+MASK_HEAD_CHUNK = 25
+
+
 class RoIHeads(nn.Module):
     def __init__(self, in_channels: int, config: ModelConfig):
         super().__init__()
@@ -58,7 +62,11 @@ class RoIHeads(nn.Module):
         mask_features, mask_levels = self.mask_pooler(features, [d.boxes for d, _ in detections])
         labels = torch.cat([d.labels for d, _ in detections])
         if len(labels):
-            mask_probs = class_mask_probabilities(self.mask_head(mask_features), labels)
+            # In chunks of RoIs: the head's 28x28 maps for every class of 100 RoIs would take
+            # ~200 MB at once, and only each RoI's own class is kept.
+            mask_probs = torch.cat([class_mask_probabilities(self.mask_head(chunk), chunk_labels)
+                                    for chunk, chunk_labels in zip(mask_features.split(MASK_HEAD_CHUNK),
+                                                                   labels.split(MASK_HEAD_CHUNK))])
         else:
             side = 2 * self.config.mask_head.pooler_resolution
             mask_probs = mask_features.new_zeros((0, side, side))

@@ -31,7 +31,7 @@ class RPNHead(nn.Module):
         logits, deltas = [], []
         for x in features:
             for conv in self.convs:
-                x = F.relu(conv(x))
+                x = F.relu(conv(x), inplace=True)
             b, _, h, w = x.shape
             logits.append(self.objectness(x).permute(0, 2, 3, 1).reshape(b, -1))
             d = self.deltas(x)

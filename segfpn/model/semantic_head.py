@@ -28,7 +28,7 @@ class ScaleBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:
-            x = F.relu(stage(x))
+            x = F.relu(stage(x), inplace=True)
             if self.upsample:
                 x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
         return x
