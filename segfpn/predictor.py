@@ -135,11 +135,15 @@ class Predictor:
         sync()
         timings["heads"] = time.perf_counter() - start
         start = time.perf_counter()
-        semantic = model.semantic_head(pyramid) if model.semantic_head is not None else None
+        # Coarse logits: they are upsampled to the image a few classes at a time in to_result().
+        semantic, semantic_stride = None, 1
+        if model.semantic_head is not None:
+            semantic = model.semantic_head.coarse_logits(pyramid)
+            semantic_stride = model.semantic_head.config.common_stride
         sync()
         timings["semantic_head"] = time.perf_counter() - start
         return NetworkOutputs(bottom_up=bottom_up, pyramid=pyramid, proposals=proposals, instances=instances,
-                       semantic_logits=semantic)
+                              semantic_logits=semantic, semantic_stride=semantic_stride)
 
     def to_result(self, outputs: NetworkOutputs, input_size, image_size, padded_size, *,
                   return_features: bool, index: int = 0) -> Result:
@@ -157,8 +161,8 @@ class Predictor:
             box_levels=inst.box_levels.cpu().numpy().astype(np.int64))
         semantic = panoptic = None
         if outputs.semantic_logits is not None:
-            logits = outputs.semantic_logits[index:index + 1].float()
-            labels = semantic_labels_to_image(logits, input_size, image_size)
+            labels = semantic_labels_to_image(outputs.semantic_logits[index:index + 1], input_size, image_size,
+                                              upsample=outputs.semantic_stride)
             stuff = self.categories.stuff
             semantic = SemanticSegmentation(
                 labels=labels.cpu().numpy().astype(np.uint8 if len(stuff) <= 256 else np.int32),

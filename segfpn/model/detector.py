@@ -22,7 +22,8 @@ class NetworkOutputs:
     """What one forward pass produces, all in network-input pixels.
 
     bottom_up: {"c2".."c5"} [B, C, h, w]; pyramid: {"p2".."p6"} [B, D, h, w];
-    proposals / instances: one per image; semantic_logits: [B, S, Hp, Wp] or None.
+    proposals / instances: one per image; semantic_logits: [B, S, Hp / semantic_stride,
+    Wp / semantic_stride] or None (``SegFPN.forward`` gives them at the input size, stride 1).
     """
 
     bottom_up: dict[str, torch.Tensor]
@@ -30,6 +31,7 @@ class NetworkOutputs:
     proposals: list[Proposals]
     instances: list[InstanceOutputs]
     semantic_logits: torch.Tensor | None
+    semantic_stride: int = 1
 
 
 class SegFPN(nn.Module):

@@ -11,6 +11,7 @@ from segfpn.config import MaskHeadConfig
 from segfpn.model.boxes import clip_boxes, nonempty
 from segfpn.model.roi_heads import InstanceOutputs
 from segfpn.model.mask_head import paste_masks_with_regions
+from segfpn.model.semantic_head import upsample_logits
 
 
 @dataclass
@@ -64,10 +65,31 @@ def semantic_logits_to_image(logits: torch.Tensor, input_size: tuple[int, int], 
     return resized if batched else resized[0]
 
 
-def semantic_labels_to_image(logits: torch.Tensor, input_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
-    """int64 [H, W]: the argmax of :func:`semantic_logits_to_image` for one image's logits
-    [1, S, Hp, Wp], computed channels-last (a pixel's class scores side by side: the resize and
-    the argmax are 3-4x faster than over [S, H, W] planes)."""
-    logits = logits.contiguous(memory_format=torch.channels_last)
-    return semantic_logits_to_image(logits, input_size, output_size).argmax(dim=1)[0]
+#: Classes brought to full resolution at a time by :func:`semantic_labels_to_image` (a multiple
+#: of the CPU's vector width, so each class is computed exactly as in one whole-tensor call).
+SEMANTIC_CLASSES_PER_PASS = 32
 
+
+def semantic_labels_to_image(logits: torch.Tensor, input_size: tuple[int, int], output_size: tuple[int, int], *,
+                             upsample: int = 1) -> torch.Tensor:
+    """int64 [H, W]: the class of highest logit at every pixel of the original image.
+
+    logits: [1, S, h, w], one image's logits on the padded input divided by ``upsample``. The
+    logits are upsampled (bilinear, as the semantic head's last step), cropped to ``input_size``
+    and resized to ``output_size`` (:func:`semantic_logits_to_image`), a few classes at a time
+    with a running maximum, so that the full-resolution logits of every class (~140 MB for 54
+    classes at 800x800) never exist at once. Channels-last: a pixel's class scores side by side
+    make the resize and the maximum 3-4x faster than over [S, H, W] planes.
+    """
+    best = labels = None
+    for first in range(0, logits.shape[1], SEMANTIC_CLASSES_PER_PASS):
+        part = logits[:, first:first + SEMANTIC_CLASSES_PER_PASS].float().contiguous(memory_format=torch.channels_last)
+        part = semantic_logits_to_image(upsample_logits(part, upsample), input_size, output_size)
+        value, index = part.max(dim=1)
+        if best is None:
+            best, labels = value, index
+        else:
+            higher = value > best  # ties keep the lower class, as argmax does
+            best = torch.where(higher, value, best)
+            labels = torch.where(higher, index + first, labels)
+    return labels[0]

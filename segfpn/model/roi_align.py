@@ -8,15 +8,8 @@ needed, torchvision's kernel runs.
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 from torchvision.ops import roi_align as tv_roi_align
-
-#: Worker threads (each one intra-op thread) of :func:`roi_align`, by size.
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
 
 
 def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int | tuple[int, int],
@@ -27,9 +20,7 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int | tup
     with ``Ay`` [P, h], ``Ax`` [Q, w] the sampling weights of its rows and columns and ``F`` the
     [h, w, C] window of the feature map it touches. That is two small matrix products on a view of
     channels-last features, no gather, several times faster than torchvision's CPU kernel (which is
-    single-threaded). RoIs are shared among ``torch.get_num_threads()`` worker threads that run one
-    intra-op thread each (tiny parallel matmuls cost more in thread hand-offs than they gain).
-    Elsewhere (CUDA, or when gradients are needed) torchvision's kernel runs.
+    single-threaded). Elsewhere (CUDA, or when gradients are needed) torchvision's kernel runs.
 
     features: [B, C, H, W] (channels-last is read in place); rois: [R, 5] (batch index, x0, y0,
     x1, y1) in input pixels. Returns [R, C, P, Q] in channels-last memory order.
@@ -55,41 +46,23 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int | tup
         grid_h, grid_w = torch.ceil(roi_h / ph).to(torch.int64), torch.ceil(roi_w / pw).to(torch.int64)
     row_start, row_weights, rows = _axis_weights(y0, roi_h, ph, grid_h, height)
     col_start, col_weights, cols = _axis_weights(x0, roi_w, pw, grid_w, width)
-    # Low-precision features (bf16 / fp16 modes) are read in float32: small bf16 matrix products
-    # are slow on CPUs, and converting the level once costs less than converting every window.
+    # Low-precision features (bf16 / fp16 modes) are read in float32: converting the level once
+    # costs less than converting every window.
     nhwc = features.permute(0, 2, 3, 1).float()
     if not nhwc.is_contiguous():
         nhwc = nhwc.contiguous()
     jobs = list(zip(range(rois.shape[0]), rois[:, 0].to(torch.int64).tolist(), row_start.tolist(), rows.tolist(),
                     col_start.tolist(), cols.tolist()))
     jobs = [j for j in jobs if j[3] > 0 and j[5] > 0]
-    inference = torch.is_inference_mode_enabled()
-
-    def work(part):
-        # float32 throughout (the caller may be under bf16 autocast; worker threads are not).
-        with torch.inference_mode(inference), torch.no_grad(), torch.autocast("cpu", enabled=False):
-            for r, b, y, h, x, w in part:
-                window = nhwc[b, y:y + h, x:x + w].reshape(h, w * channels)
-                pooled_rows = torch.mm(row_weights[r, :, :h], window).view(ph, w, channels)
-                torch.matmul(col_weights[r, :, :w], pooled_rows, out=out[r])
-
-    threads = min(torch.get_num_threads(), max(1, len(jobs) // 16))
-    if threads <= 1:
-        # One thread: the caller's (possibly multi-threaded) matmuls, no hand-off.
-        work(jobs)
-    else:
-        # Largest windows first, dealt round-robin, so the threads finish together.
-        jobs.sort(key=lambda j: -j[3] * j[5])
-        list(_pool(threads).map(work, [jobs[i::threads] for i in range(threads)]))
+    # float32 throughout, even under bf16 autocast (small bf16 matrix products are slow on CPU).
+    # The calling thread runs every RoI: a worker pool measured slower (hand-offs cost more than the
+    # tiny products gain), and torch.set_num_threads() in a worker would change every new thread.
+    with torch.autocast("cpu", enabled=False):
+        for r, b, y, h, x, w in jobs:
+            window = nhwc[b, y:y + h, x:x + w].reshape(h, w * channels)
+            pooled_rows = torch.mm(row_weights[r, :, :h], window).view(ph, w, channels)
+            torch.matmul(col_weights[r, :, :w], pooled_rows, out=out[r])
     return out.permute(0, 3, 1, 2).to(features.dtype)
-
-
-def _pool(size: int) -> ThreadPoolExecutor:
-    with _POOLS_LOCK:
-        if size not in _POOLS:
-            _POOLS[size] = ThreadPoolExecutor(size, thread_name_prefix="segfpn-roi-align",
-                                              initializer=torch.set_num_threads, initargs=(1,))
-        return _POOLS[size]
 
 
 def _axis_weights(start: torch.Tensor, size: torch.Tensor, pooled: int, grid: torch.Tensor,

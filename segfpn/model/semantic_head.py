@@ -49,9 +49,20 @@ class SemanticHead(nn.Module):
         self.predictor = nn.Conv2d(config.conv_channels, config.num_classes, 1)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return upsample_logits(self.coarse_logits(features), self.config.common_stride)
+
+    def coarse_logits(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, num_classes, Hp / 4, Wp / 4]: the logits before the last upsampling, which
+        :func:`upsample_logits` does (inference does it a few classes at a time)."""
         x = None
         for name, branch in self.branches.items():
             y = branch(features[name])
             x = y if x is None else x + y
-        x = self.predictor(x)
-        return F.interpolate(x, scale_factor=float(self.config.common_stride), mode="bilinear", align_corners=False)
+        return self.predictor(x)
+
+
+def upsample_logits(logits: torch.Tensor, stride: int) -> torch.Tensor:
+    """[B, S, h, w] -> [B, S, h * stride, w * stride], bilinear (the semantic head's last step)."""
+    if stride == 1:
+        return logits
+    return F.interpolate(logits, scale_factor=float(stride), mode="bilinear", align_corners=False)

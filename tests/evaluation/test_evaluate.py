@@ -216,9 +216,9 @@ def test_cli_with_weights_loads_the_model_lazily(coco_mini, gt_paths, tmp_path, 
         "eval", "--weights", "w.safetensors", "--images", str(gt_paths["images_dir"]),
         "--instances", str(gt_paths["instances_json"]),
         "--panoptic", str(gt_paths["panoptic_json"]), "--out", str(tmp_path), "--device", "cpu",
-        "--no-progress"])
+        "--precision", "bf16", "--no-progress"])
     assert args.func(args) == 0
-    assert loaded == [("w.safetensors", {"device": "cpu"})]
+    assert loaded == [("w.safetensors", {"device": "cpu", "precision": "bf16"})]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["panoptic"]["All"]["pq"] == pytest.approx(1.0)
     assert "metrics written to" in capsys.readouterr().out

@@ -80,7 +80,7 @@ def test_roi_align_matches_torchvision(aligned, sampling_ratio, output_size):
 def test_roi_align_single_thread_bf16_no_grad_and_empty():
     generator = torch.Generator().manual_seed(2)
     features = torch.randn(1, 16, 30, 30, generator=generator)
-    rois = random_rois(generator, 8, 30, 30, 0.5, 1)  # few RoIs: no worker threads
+    rois = random_rois(generator, 8, 30, 30, 0.5, 1)
     with torch.no_grad():
         expected = tv_roi_align(features, rois, 7, 0.5, 2, False)
         torch.testing.assert_close(roi_align(features, rois, 7, 0.5, 2, False), expected, rtol=0, atol=2e-6)
@@ -123,3 +123,35 @@ def test_nms_top_k_with_tied_scores_keeps_the_same_boxes():
     above = scores[ours] > scores[ours[-1]]
     assert set(ours[above].tolist()) == set(expected[:100][scores[expected[:100]] > scores[ours[-1]]].tolist())
     assert set(ours.tolist()) <= set(expected.tolist())
+
+
+def test_predictions_are_the_same_in_any_thread():
+    """The app predicts in server worker threads: after the model has run once (in any thread),
+    a new thread must run it with the same settings (thread count included) and get the same
+    outputs. Calling torch.set_num_threads() anywhere in the model would break this."""
+    import threading
+
+    import numpy as np
+
+    import segfpn
+    from testdata import D2_MINI, load_rgb
+
+    predictor = segfpn.load(D2_MINI / "panoptic_fpn_mini.pkl", device="cpu")
+    image = load_rgb("astronaut.png")
+    threads_before = torch.get_num_threads()
+    first = predictor.predict(image)
+    seen = {}
+
+    def in_new_thread():
+        seen["threads"] = torch.get_num_threads()
+        seen["result"] = predictor.predict(image)
+
+    worker = threading.Thread(target=in_new_thread)
+    worker.start()
+    worker.join()
+    assert torch.get_num_threads() == threads_before and seen["threads"] == threads_before
+    again = seen["result"]
+    assert len(again.instances.scores) == len(first.instances.scores) > 10
+    np.testing.assert_array_equal(again.instances.boxes, first.instances.boxes)
+    np.testing.assert_array_equal(again.instances.masks, first.instances.masks)
+    np.testing.assert_array_equal(again.panoptic.segment_ids, first.panoptic.segment_ids)

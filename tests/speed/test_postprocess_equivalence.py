@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from segfpn.model import mask_head
 from segfpn.model.fusion import fuse_panoptic, mask_regions
 from segfpn.model.mask_head import paste_masks, paste_masks_with_regions
+from segfpn.model.postprocess import semantic_labels_to_image, semantic_logits_to_image
+from segfpn.model.semantic_head import upsample_logits
 
 
 def reference_paste_box_resize(mask, box, out, threshold):
@@ -191,3 +193,20 @@ def test_mask_regions_bound_every_pixel():
     masks[0, 7, 11] = True
     masks[2, 0, 0] = True
     assert mask_regions(masks).tolist() == [[2, 8, 3, 12], [0, 0, 0, 0], [0, 1, 0, 1]]
+
+
+@pytest.mark.parametrize("num_classes", [54, 70, 5])
+@pytest.mark.parametrize("input_size,output_size", [((96, 120), (96, 120)), ((96, 120), (131, 163)),
+                                                     ((90, 117), (61, 80))], ids=["same", "larger", "smaller"])
+def test_semantic_labels_a_few_classes_at_a_time_equal_the_whole_argmax(num_classes, input_size, output_size):
+    generator = torch.Generator().manual_seed(num_classes)
+    coarse = torch.randn(1, num_classes, 24, 32, generator=generator)  # padded input 96x128, stride 4
+    coarse[:, 3] += 0.5  # a class that wins often, so every pass takes part
+    whole = semantic_logits_to_image(upsample_logits(coarse, 4), input_size, output_size).argmax(dim=1)[0]
+    ours = semantic_labels_to_image(coarse, input_size, output_size, upsample=4)
+    assert ours.shape == output_size and ours.dtype == torch.int64
+    assert torch.equal(ours, whole)
+    assert len(torch.unique(ours)) > min(num_classes, 5) // 2
+    # Stride 1 (logits already at the input size) takes the same path.
+    full = upsample_logits(coarse, 4)
+    assert torch.equal(semantic_labels_to_image(full, input_size, output_size), whole)
