@@ -4,6 +4,7 @@
   before it, so a ``ConvNorm`` costs one pass over its output instead of three. Apply it to the
   model used for inference (``segfpn.load`` does); the unfolded model keeps the checkpoint's
   tensors and is the one to train or save.
+- :func:`optimize_for_inference`: that, and channels-last (and, for bf16 on CPU, bf16) weights.
 - :func:`keep_freed_memory`: stop glibc from unmapping (and page-faulting back) activation maps.
 """
 
