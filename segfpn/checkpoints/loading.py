@@ -16,7 +16,7 @@ import torch
 from segfpn.categories import CategorySet
 from segfpn.checkpoints.converters import (ConvertedCheckpoint, convert_detectron2, convert_torchvision,
                                            looks_like_detectron2, looks_like_torchvision)
-from segfpn.checkpoints.errors import CheckpointError, UnsafeCheckpointError
+from segfpn.checkpoints.errors import CheckpointError
 from segfpn.checkpoints.safe_pickle import load_arrays_pickle
 from segfpn.config import ARCHITECTURES, ModelConfig
 from segfpn.export import write_atomic

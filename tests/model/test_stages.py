@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from segfpn.config import (BackboneConfig, FPNConfig, InputConfig, ModelConfig, PoolerConfig, detectron2_input,
+from segfpn.config import (BackboneConfig, FPNConfig, ModelConfig, PoolerConfig, detectron2_input,
                            detectron2_panoptic_fpn, torchvision_maskrcnn_v1)
 from segfpn.model.anchors import AnchorGenerator, cell_anchors
 from segfpn.model.backbone import ResNet
