@@ -129,8 +129,7 @@ def predict_folder(predictor, images_dir: str | os.PathLike, out_dir: str | os.P
     def flush():
         if not batch:
             return
-        results = (predictor.predict_batch([rgb for _, rgb in batch]) if len(batch) > 1
-                   else [predictor.predict(batch[0][1])])
+        results = predictor.predict_batch([rgb for _, rgb in batch])
         for (path, rgb), result in zip(batch, results):
             write_image_outputs(predictor, path, out_dir, ids[path], rgb=rgb, result=result)
             report.done.append(path.name)

@@ -65,7 +65,6 @@ def nonempty(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
     return (w >= min_size) & (h >= min_size) & (w > 0) & (h > 0)
 
 
-
 def batched_nms_top_k(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float,
                       k: int) -> torch.Tensor:
     """``torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)[:k]``, without running

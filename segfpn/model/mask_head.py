@@ -126,9 +126,10 @@ def _paste_grid_sample(masks: torch.Tensor, boxes: torch.Tensor, out: torch.Tens
             if (end - start + 1) * new_h * new_w > PASTE_CHUNK_PIXELS:
                 break
             max_h, max_w, end = new_h, new_w, end + 1
-        chunk = torch.tensor(order[start:end], device=masks.device)
-        _sample_chunk(masks[chunk], boxes[chunk], regions[chunk], [order[j] for j in range(start, end)],
-                      [hw[order[j]] for j in range(start, end)], (max_h, max_w), out, threshold)
+        indices = order[start:end]
+        chunk = torch.tensor(indices, device=masks.device)
+        _sample_chunk(masks[chunk], boxes[chunk], regions[chunk], indices, [hw[i] for i in indices],
+                      (max_h, max_w), out, threshold)
         start = end
     return regions[:, [1, 3, 0, 2]]
 
