@@ -6,7 +6,9 @@ name. torchvision names its files ``<model>_coco-<first 8 hex of the sha256>.pth
 its files ``model_final_<first 6 hex of the md5>.pkl``.
 
 Only published facts are stored. Where a fact is not published (the exact byte size of every file
-here), the field is ``None``.
+here), the field is ``None``; what a download may not exceed (``max_size_bytes``) is then derived
+from published facts with a stated margin (see :func:`_limit_from_mib` and
+:func:`_limit_from_float32_values`).
 
     >>> from segfpn.checkpoints.catalogue import find, default_checkpoint
     >>> find("panoptic_fpn_R_50_3x").metrics["pq"]
@@ -18,6 +20,7 @@ here), the field is ``None``.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -30,6 +33,10 @@ CategoriesKind = Literal["coco_instances_torchvision", "coco_instances", "coco_p
 
 _HEX = re.compile(r"[0-9a-f]+")
 
+#: The most bytes a download may have when a checkpoint carries neither an exact size nor a limit
+#: (an entry made by hand): 1 GiB, four times the largest known file.
+UNKNOWN_SIZE_LIMIT_BYTES = 1 << 30
+
 
 @dataclass(frozen=True, kw_only=True)
 class KnownCheckpoint:
@@ -40,7 +47,9 @@ class KnownCheckpoint:
     ``format``: how the file is laid out ("torchvision" state-dict ``.pth``, "detectron2" pickle).
     ``file_name``: the name of the file on the publisher's server and in ``weights/``.
     ``size_bytes``: exact size when published, else ``None``. ``approx_size_mb``: the rounded
-    size the publisher lists, for display only. ``sha256_prefix`` / ``md5_prefix``: exactly one
+    size the publisher lists (torchvision: MiB), for display only. ``max_size_bytes``: the most
+    bytes a download of it may have when the exact size is not known (see
+    :attr:`size_limit_bytes`). ``sha256_prefix`` / ``md5_prefix``: exactly one
     is set; the downloaded file's digest must start with it.
     ``categories``: which label space the class indices refer to:
     "coco_instances_torchvision" (91 ids with "N/A" gaps, background first),
@@ -59,6 +68,7 @@ class KnownCheckpoint:
     source_url: str
     size_bytes: int | None = None
     approx_size_mb: float | None = None
+    max_size_bytes: int | None = None
     sha256_prefix: str | None = None
     md5_prefix: str | None = None
     notes: str = ""
@@ -74,6 +84,15 @@ class KnownCheckpoint:
         if not _HEX.fullmatch(prefix):
             raise ValueError(f"checkpoint {self.name!r}: hash prefix {prefix!r} must be "
                              f"lowercase hex")
+        for field_name in ("size_bytes", "max_size_bytes"):
+            value = getattr(self, field_name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"checkpoint {self.name!r}: {field_name} must be a positive number "
+                                 f"of bytes, got {value!r}")
+        if (self.size_bytes is not None and self.max_size_bytes is not None
+                and self.size_bytes > self.max_size_bytes):
+            raise ValueError(f"checkpoint {self.name!r}: size_bytes {self.size_bytes} is above "
+                             f"max_size_bytes {self.max_size_bytes}")
         object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
 
     @property
@@ -90,13 +109,38 @@ class KnownCheckpoint:
     def is_panoptic(self) -> bool:
         return self.categories == "coco_panoptic"
 
+    @property
+    def size_limit_bytes(self) -> int:
+        """The most bytes a download of this file may have: the exact size when known, else
+        ``max_size_bytes``, else :data:`UNKNOWN_SIZE_LIMIT_BYTES`."""
+        if self.size_bytes is not None:
+            return self.size_bytes
+        if self.max_size_bytes is not None:
+            return self.max_size_bytes
+        return UNKNOWN_SIZE_LIMIT_BYTES
+
+
+def _limit_from_mib(published_mib: float) -> int:
+    """A download limit from a size published in MiB to two or three decimals: that size, plus
+    half a unit of its last decimal, plus 1%. (torchvision's "_file_size" is in MiB: the
+    maskrcnn_resnet50_fpn state dict alone is 169.78 MiB of tensors, its file 169.84.)"""
+    return math.ceil((published_mib + 0.005) * 1.01 * 2**20)
+
+
+def _limit_from_float32_values(num_values: int) -> int:
+    """A download limit for a detectron2 model-zoo pickle of ``num_values`` float32 values: their
+    bytes plus 1%, plus 1 MiB for the pickle framing (a key and a numpy header, about 200 bytes,
+    for each of at most 600 arrays, and the state dict's ``_metadata``)."""
+    return math.ceil(num_values * 4 * 1.01) + 2**20
+
 
 # ---------------------------------------------------------------------------------------------
 # torchvision. Source: torchvision 0.29.1 `torchvision/models/detection/mask_rcnn.py`
 # (MaskRCNN_ResNet50_FPN_Weights.COCO_V1, MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1): url,
 # meta["_metrics"]["COCO-val2017"]["box_map"/"mask_map"], meta["_file_size"] (the size in MB
-# rendered as "File size" in the torchvision model docs). torchvision publishes no exact byte
-# count, so size_bytes stays None. The v2 weights were added in pytorch/vision PR #5773.
+# rendered as "File size" in the torchvision model docs, in MiB). torchvision publishes no exact
+# byte count, so size_bytes stays None; max_size_bytes is derived from "_file_size". The v2
+# weights were added in pytorch/vision PR #5773.
 
 _TORCHVISION_DOCS = ("https://docs.pytorch.org/vision/stable/models/generated/"
                      "torchvision.models.detection.")
@@ -112,6 +156,7 @@ _TORCHVISION = (
         metrics={"box_ap": 37.9, "mask_ap": 34.6},
         source_url=_TORCHVISION_DOCS + "maskrcnn_resnet50_fpn.html",
         approx_size_mb=169.84,
+        max_size_bytes=_limit_from_mib(169.84),
         sha256_prefix="bf2d0c1e",
         notes="torchvision MaskRCNN_ResNet50_FPN_Weights.COCO_V1 (the paper's recipe).",
     ),
@@ -125,6 +170,7 @@ _TORCHVISION = (
         metrics={"box_ap": 47.4, "mask_ap": 41.8},
         source_url=_TORCHVISION_DOCS + "maskrcnn_resnet50_fpn_v2.html",
         approx_size_mb=177.219,
+        max_size_bytes=_limit_from_mib(177.219),
         sha256_prefix="73cbd019",
         notes="torchvision MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1 (improved recipe, "
               "pytorch/vision#5773).",
@@ -142,6 +188,19 @@ _TORCHVISION = (
 _D2_ZOO = "https://github.com/facebookresearch/detectron2/blob/main/MODEL_ZOO.md"
 _D2_BASE = "https://dl.fbaipublicfiles.com/detectron2"
 
+# The float32 values each architecture's model-zoo pickle holds, for its download limit. R50:
+# counted from the key manifests of the real files (tests/data/d2_*_keys.json,
+# "num_values_model_zoo_pkl"; 5 cell_anchors arrays of 12 values included). R101: the R50 count
+# plus the 17 more res4 blocks, 19,044,352 values (ResNet-101 minus ResNet-50, counted on
+# segfpn's models, whose other layers match those files). tests/checkpoints/test_catalogue.py
+# checks both counts.
+_D2_FLOAT32_VALUES = {
+    "panoptic_fpn_R_50": 46_080_290,
+    "panoptic_fpn_R_101": 46_080_290 + 19_044_352,
+    "mask_rcnn_R_50_FPN": 44_449_516,
+    "mask_rcnn_R_101_FPN": 44_449_516 + 19_044_352,
+}
+
 
 def _detectron2(config: str, *, folder: str, model_id: int, md5_prefix: str, arch: str,
                 metrics: dict[str, float]) -> KnownCheckpoint:
@@ -157,6 +216,7 @@ def _detectron2(config: str, *, folder: str, model_id: int, md5_prefix: str, arc
         categories="coco_panoptic" if panoptic else "coco_instances",
         metrics=metrics,
         source_url=_D2_ZOO,
+        max_size_bytes=_limit_from_float32_values(_D2_FLOAT32_VALUES[arch]),
         md5_prefix=md5_prefix,
         notes=f"detectron2 configs/{folder}/{config}.yaml, model id {model_id}.",
     )

@@ -21,28 +21,44 @@ do. A file that is already there is never fetched again (:func:`verify_file` che
 Retries: transient failures (timeouts, connections reset or dropped mid-body, HTTP 5xx) are
 retried ``retries`` times (default 2) after 1 s, then 2 s. A refused connection, an unknown host,
 HTTP 4xx, a hash mismatch and local disk errors are not retried: repeating them cannot help.
+
+Limits: a download stops at the checkpoint's size limit
+(:attr:`~segfpn.checkpoints.catalogue.KnownCheckpoint.size_limit_bytes`), whether or not the server
+sends Content-Length (one above the limit is refused before the body is read), and at a deadline
+for the whole download, retries and their waits included (``deadline_s``, default one hour;
+``timeout`` is per connection and per read). Another thread can stop it at once with a
+:class:`Cancellation` (:func:`download_in_background` gives one).
+
+Signals: the partial files being written are listed (:func:`partial_files`) so that
+:func:`install_cleanup_handlers` (SIGTERM, SIGINT and interpreter exit) can remove them when the
+process is stopped mid-download, from any thread.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import functools
 import hashlib
 import http.client
 import logging
 import os
-import shutil
-import socket
 import secrets
+import shutil
+import signal
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from tqdm.auto import tqdm
 
 from segfpn.checkpoints import catalogue
 from segfpn.checkpoints.catalogue import KnownCheckpoint, find
+from segfpn.checkpoints.errors import ChecksumError, DownloadCancelled, DownloadError, OfflineError
 
 logger = logging.getLogger(__name__)
 
@@ -54,27 +70,8 @@ _CHUNK_BYTES = 1 << 20
 _MAX_RETRIES = 5
 _RETRY_BACKOFF_S = 1.0  # waits 1 s, 2 s, 4 s, ... between attempts
 _USER_AGENT = "segfpn-weights/0.1 (+urllib)"
-
-
-class DownloadError(RuntimeError):
-    """A checkpoint could not be fetched or is not the file it should be.
-
-    ``url``: the address that was tried (``None`` when nothing was fetched).
-    ``reason``: the short cause, without the advice that the message adds.
-    """
-
-    def __init__(self, message: str, *, url: str | None = None, reason: str = "") -> None:
-        super().__init__(message)
-        self.url = url
-        self.reason = reason or message
-
-
-class ChecksumError(DownloadError):
-    """The file's size or digest does not match the catalogue."""
-
-
-class OfflineError(DownloadError):
-    """The checkpoint is missing and downloads are turned off."""
+#: Seconds a whole download may take by default: 250 MB at 70 KB/s.
+DEFAULT_DEADLINE_S = 3600.0
 
 
 class _Transient(Exception):
@@ -200,8 +197,79 @@ def _prepare_dest_dir(dest_dir: Path) -> None:
                             reason=f"{dest_dir} is not a folder")
 
 
+# ---------------------------------------------------------------------------------------------
+# Partial files, and removing them when the process is stopped
+
+# The ``.part-*`` files being written, by any thread. A signal handler or an atexit hook can only
+# reach module state, hence this one registry; set.add/discard/copy are atomic under the GIL, so
+# a handler running between two bytecodes of the writing thread sees a consistent set.
+_PARTIAL_FILES: set[Path] = set()
+_PREVIOUS_HANDLERS: dict[int, object] = {}
+
+
+def partial_files() -> list[Path]:
+    """The partial ``.part-*`` files downloads are writing now (in any thread)."""
+    return sorted(set(_PARTIAL_FILES))
+
+
+def remove_partial_files() -> list[Path]:
+    """Delete every partial file a download is writing; returns those deleted.
+
+    The downloads writing them fail (their file is gone when they try to rename it); call this
+    when the process is about to end, as the handlers of :func:`install_cleanup_handlers` do.
+    """
+    removed = []
+    for path in set(_PARTIAL_FILES):
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # nothing more can be done while exiting; say so
+            logger.warning("could not remove the partial download %s: %s", path, e)
+        _PARTIAL_FILES.discard(path)
+    return removed
+
+
+def _remove_then_reraise(signum: int, frame) -> None:
+    remove_partial_files()
+    previous = _PREVIOUS_HANDLERS.get(signum, signal.SIG_DFL)
+    if callable(previous):  # e.g. Python's SIGINT handler, which raises KeyboardInterrupt
+        previous(signum, frame)
+    elif previous != signal.SIG_IGN:
+        # The default action, so that the exit status says "killed by signum" (143 for SIGTERM).
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def install_cleanup_handlers(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> bool:
+    """Remove partial downloads when the process is stopped: on ``signals`` and at exit.
+
+    Call it once at start (the CLI's ``main``, the app's start-up). Each handler deletes the
+    partial files (:func:`remove_partial_files`), then does what was there before: the previous
+    Python handler (SIGINT: ``KeyboardInterrupt``), or the default action (SIGTERM: the process
+    ends with status 143 / -15). An atexit hook covers a normal exit that leaves a download
+    running in a daemon thread. Calling it again changes nothing.
+
+    Python sets signal handlers from the main thread only: called from another thread, only the
+    atexit hook is installed and it returns False (True otherwise).
+    """
+    atexit.unregister(remove_partial_files)
+    atexit.register(remove_partial_files)
+    if threading.current_thread() is not threading.main_thread():
+        logger.debug("install_cleanup_handlers() outside the main thread: no signal handlers")
+        return False
+    for signum in signals:
+        current = signal.getsignal(signum)
+        if current is not _remove_then_reraise:
+            _PREVIOUS_HANDLERS[signum] = current
+            signal.signal(signum, _remove_then_reraise)
+    return True
+
+
 def _open_temp(dest_dir: Path, file_name: str) -> tuple[BinaryIO, Path]:
-    """A new ``<file_name>.part-<random>`` file in ``dest_dir``, opened for writing."""
+    """A new ``<file_name>.part-<random>`` file in ``dest_dir``, opened for writing and listed in
+    :func:`partial_files` (the caller removes it from there)."""
     try:
         # O_EXCL with a random name, like mkstemp, but with the usual permissions (0o666 less the
         # umask) so the finished checkpoint is readable by whoever can read the folder.
@@ -211,7 +279,180 @@ def _open_temp(dest_dir: Path, file_name: str) -> tuple[BinaryIO, Path]:
         raise DownloadError(f"cannot write to {dest_dir}: {e.strerror or e}. Make it writable, or "
                             f"pass another folder (--dir / dest_dir=) or set {WEIGHTS_DIR_ENV}.",
                             reason=str(e)) from e
+    _PARTIAL_FILES.add(Path(temp_name))
     return os.fdopen(fd, "wb"), Path(temp_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopping a download: cancelled by another thread, or at its deadline
+
+
+class Cancellation:
+    """Stops downloads from another thread: pass it as ``download(..., cancel=c)``, then call
+    ``c.cancel()``. The download raises :class:`DownloadCancelled` at once (its connection is shut,
+    so a read blocked on a silent server returns) and leaves nothing behind. One cancellation can
+    serve several downloads; it cannot be reset."""
+
+    def __init__(self) -> None:
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[str], None]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled.set()
+            listeners = list(self._listeners)
+        for stop in listeners:
+            stop("cancelled")
+
+    def _subscribe(self, listener: Callable[[str], None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+            cancelled = self._cancelled.is_set()
+        if cancelled:
+            listener("cancelled")
+
+    def _unsubscribe(self, listener: Callable[[str], None]) -> None:
+        with self._lock:
+            self._listeners.remove(listener)
+
+
+class _Stop:
+    """What ends one :func:`download` early: a :class:`Cancellation` or its deadline.
+
+    Either shuts the open connection down (a read blocked in ``recv`` returns at once) and sets
+    :attr:`reason`; the download checks it after every read and wait.
+    """
+
+    def __init__(self, *, deadline_s: float | None, cancel: Cancellation | None) -> None:
+        self.deadline_s = deadline_s
+        self.reason: str | None = None  # "cancelled" or "deadline"
+        self._deadline_at = None if deadline_s is None else time.monotonic() + deadline_s
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._cancel = cancel
+        self._timer = None
+        if deadline_s is not None:
+            self._timer = threading.Timer(deadline_s, self.stop, args=("deadline",))
+            self._timer.daemon = True
+            self._timer.start()
+        if cancel is not None:
+            cancel._subscribe(self.stop)
+
+    def __enter__(self) -> "_Stop":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._cancel is not None:
+            self._cancel._unsubscribe(self.stop)
+
+    def stop(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+            sockets = list(self._sockets)
+        self._stopped.set()
+        for sock in sockets:
+            _shut(sock)
+
+    def attach(self, sock: socket.socket) -> None:
+        """Called with each new connection's socket, so that :meth:`stop` can shut it."""
+        with self._lock:
+            stopped = self.reason is not None
+            if not stopped:
+                self._sockets.add(sock)
+        if stopped:
+            _shut(sock)
+
+    def io_timeout(self, timeout: float) -> float:
+        """``timeout``, or less when the deadline is nearer (for connecting)."""
+        if self._deadline_at is None:
+            return timeout
+        return max(min(timeout, self._deadline_at - time.monotonic()), 0.001)
+
+    def remaining(self) -> float | None:
+        return None if self._deadline_at is None else self._deadline_at - time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if stopped meanwhile."""
+        self._stopped.wait(seconds)
+
+    def error(self, url: str, checkpoint: KnownCheckpoint, dest: Path, detail: str) -> DownloadError:
+        """The error to raise once :attr:`reason` is set; ``detail``: how far it got."""
+        if self.reason == "cancelled":
+            return DownloadCancelled(f"download of {url} was cancelled ({detail}); nothing was kept.",
+                                     url=url, reason="cancelled")
+        reason = f"deadline of {self.deadline_s:g} s passed"
+        return DownloadError(f"download of {url} did not finish within {self.deadline_s:g} s ({detail}); "
+                             f"nothing was kept. A slow or stalled server? "
+                             + _hand_download_hint(checkpoint, dest), url=url, reason=reason)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        # socket.socket's own shutdown, also for an SSL socket: its override would drop the TLS
+        # state under the thread that is reading.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:  # already closed or never connected
+        pass
+
+
+class _ReportingHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args, on_connect: Callable[[socket.socket], None], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_connect = on_connect
+
+    def connect(self) -> None:
+        super().connect()
+        self._on_connect(self.sock)
+
+
+class _ReportingHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args, on_connect: Callable[[socket.socket], None], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_connect = on_connect
+
+    def connect(self) -> None:
+        super().connect()  # TCP, a proxy tunnel if any, then TLS
+        self._on_connect(self.sock)
+
+
+class _ReportingHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, on_connect: Callable[[socket.socket], None]) -> None:
+        super().__init__()
+        self._connection = functools.partial(_ReportingHTTPConnection, on_connect=on_connect)
+
+    def http_open(self, req):
+        return self.do_open(self._connection, req)
+
+
+class _ReportingHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, on_connect: Callable[[socket.socket], None]) -> None:
+        super().__init__()
+        self._connection = functools.partial(_ReportingHTTPSConnection, on_connect=on_connect)
+
+    def https_open(self, req):
+        return self.do_open(self._connection, req)  # the default TLS context, as urlopen's
+
+
+def _urlopen(request: urllib.request.Request, *, timeout: float, stop: _Stop):
+    """``urllib.request.urlopen`` (proxies from the environment, file:// too) that hands each
+    connection's socket to ``stop``."""
+    opener = urllib.request.build_opener(_ReportingHTTPHandler(stop.attach),
+                                         _ReportingHTTPSHandler(stop.attach))
+    return opener.open(request, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Download
 
 
 def _describe_network_error(error: BaseException) -> tuple[str, bool]:
@@ -234,24 +475,29 @@ def _describe_network_error(error: BaseException) -> tuple[str, bool]:
 
 
 def _fetch_to(dest: Path, url: str, checkpoint: KnownCheckpoint, *, progress: bool,
-              timeout: float) -> None:
+              timeout: float, stop: _Stop) -> None:
     """One attempt: stream ``url`` into a temp file next to ``dest``, verify, rename onto ``dest``.
 
     Raises :class:`DownloadError` (final) or :class:`_Transient` (worth another attempt); in both
     cases no temp file is left behind.
     """
+    limit = checkpoint.size_limit_bytes
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = _urlopen(request, timeout=stop.io_timeout(timeout), stop=stop)
     except urllib.error.HTTPError as e:
+        e.close()
+        if stop.reason:
+            raise stop.error(url, checkpoint, dest, "no answer yet") from e
         reason = f"HTTP {e.code} {e.reason}"
         error = DownloadError(f"could not download {url}: {reason}. "
                               + _hand_download_hint(checkpoint, dest), url=url, reason=reason)
-        e.close()
         if e.code >= 500:
             raise _Transient(error) from e
         raise error from e
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        if stop.reason:
+            raise stop.error(url, checkpoint, dest, "no answer yet") from e
         reason, transient = _describe_network_error(e)
         error = DownloadError(f"could not reach {url}: {reason}. "
                               + _hand_download_hint(checkpoint, dest), url=url, reason=reason)
@@ -267,6 +513,11 @@ def _fetch_to(dest: Path, url: str, checkpoint: KnownCheckpoint, *, progress: bo
             reason = f"the server announces {expected} bytes, expected {checkpoint.size_bytes}"
             raise ChecksumError(f"{url} is not the official file: {reason}. "
                                 + _hand_download_hint(checkpoint, dest), url=url, reason=reason)
+        if expected is not None and expected > limit:
+            reason = (f"the server announces {expected} bytes, more than the {limit} bytes "
+                      f"{checkpoint.name} can have")
+            raise ChecksumError(f"{url} is not the official file: {reason}. "
+                                + _hand_download_hint(checkpoint, dest), url=url, reason=reason)
         if expected is None:
             expected = checkpoint.size_bytes
         if expected is not None:
@@ -278,6 +529,9 @@ def _fetch_to(dest: Path, url: str, checkpoint: KnownCheckpoint, *, progress: bo
                                     f"another disk.",
                                     url=url, reason=reason)
 
+        # read1: whatever one receive brings (at most a chunk), so that the stop reason and the
+        # limit are checked between receives, not after a whole chunk of a trickling server.
+        read = getattr(response, "read1", response.read)
         file, temp_path = _open_temp(dest.parent, checkpoint.file_name)
         hasher = hashlib.new(checkpoint.hash_algorithm)
         received = 0
@@ -288,18 +542,28 @@ def _fetch_to(dest: Path, url: str, checkpoint: KnownCheckpoint, *, progress: bo
                                 leave=False) as bar:
                     while True:
                         try:
-                            chunk = response.read(_CHUNK_BYTES)
+                            chunk = read(_CHUNK_BYTES)
                         except (OSError, http.client.HTTPException) as e:
+                            if stop.reason:
+                                raise stop.error(url, checkpoint, dest, f"{_format_size(received)} "
+                                                 f"received") from e
                             reason, _ = _describe_network_error(e)
                             raise _Transient(DownloadError(
                                 f"download of {url} failed after {_format_size(received)}: "
                                 f"{reason}. " + _hand_download_hint(checkpoint, dest),
                                 url=url, reason=reason)) from e
+                        if stop.reason:  # also when the shut connection read as the end
+                            raise stop.error(url, checkpoint, dest, f"{_format_size(received)} received")
                         if not chunk:
                             break
+                        received += len(chunk)
+                        if received > limit:
+                            reason = f"the server sent more than the {limit} bytes {checkpoint.name} can have"
+                            raise ChecksumError(f"{url} is not the official file: {reason}; stopped "
+                                                f"there. " + _hand_download_hint(checkpoint, dest),
+                                                url=url, reason=reason)
                         file.write(chunk)
                         hasher.update(chunk)
-                        received += len(chunk)
                         bar.update(len(chunk))
             except OSError as e:  # writing or closing the temp file (reads are handled above)
                 raise DownloadError(
@@ -321,54 +585,133 @@ def _fetch_to(dest: Path, url: str, checkpoint: KnownCheckpoint, *, progress: bo
         except BaseException:
             temp_path.unlink(missing_ok=True)
             raise
+        finally:
+            _PARTIAL_FILES.discard(temp_path)
     logger.info("downloaded %s (%s) to %s", checkpoint.name, _format_size(received), dest)
 
 
 def download(checkpoint: KnownCheckpoint, *, dest_dir: str | os.PathLike | None = None,
              base_url: str | None = None, progress: bool = True, timeout: float = 30,
-             retries: int = 2, force: bool = False) -> Path:
+             retries: int = 2, force: bool = False, deadline_s: float | None = DEFAULT_DEADLINE_S,
+             cancel: Cancellation | None = None) -> Path:
     """Download ``checkpoint`` into ``dest_dir`` (default :func:`weights_dir`) and return its path.
 
     The file is verified (byte count, hash prefix) before it appears under its final name. If it
     is already there it is returned without any network access, unless ``force=True``.
     ``base_url``: a mirror (see :func:`resolve_url`). ``timeout``: seconds for the connection and
     for each read. ``retries``: extra attempts after a transient failure (0-5).
+    ``deadline_s``: seconds for the whole download, every attempt and wait included (``None``:
+    no limit). ``cancel``: a :class:`Cancellation` another thread can use to stop it. The body
+    may not exceed :attr:`KnownCheckpoint.size_limit_bytes`. Safe to run in a background thread.
 
-    Raises :class:`DownloadError` (:class:`ChecksumError` for a wrong file) naming the URL, the
-    reason and what to do; nothing is left behind in ``dest_dir`` on failure.
+    Raises :class:`DownloadError` (:class:`ChecksumError` for a wrong file,
+    :class:`DownloadCancelled` when cancelled) naming the URL, the reason and what to do; nothing
+    is left behind in ``dest_dir`` on failure.
     """
     if not 0 <= retries <= _MAX_RETRIES:
         raise ValueError(f"retries must be between 0 and {_MAX_RETRIES}, got {retries}")
+    if deadline_s is not None and not 0 < deadline_s < float("inf"):
+        raise ValueError(f"deadline_s must be a number of seconds above 0, or None; got {deadline_s}")
     dest = local_path(checkpoint, dest_dir=dest_dir)
     if dest.is_file() and not force:
         logger.info("%s is already present at %s; not downloading it again", checkpoint.name, dest)
         return dest
-    _prepare_dest_dir(dest.parent)
     url = resolve_url(checkpoint, base_url=base_url)
-    logger.info("downloading %s from %s to %s", checkpoint.name, url, dest)
-    for attempt in range(retries + 1):
-        try:
-            _fetch_to(dest, url, checkpoint, progress=progress, timeout=timeout)
-            return dest
-        except _Transient as e:
-            if attempt == retries:
-                raise e.error from e.__cause__
-            wait = _RETRY_BACKOFF_S * 2**attempt
-            logger.warning("%s; retrying in %.0f s (attempt %d of %d)", e.error.reason, wait,
-                           attempt + 2, retries + 1)
-            time.sleep(wait)
+    with _Stop(deadline_s=deadline_s, cancel=cancel) as stop:
+        if stop.reason:
+            raise stop.error(url, checkpoint, dest, "not started")
+        _prepare_dest_dir(dest.parent)
+        logger.info("downloading %s from %s to %s", checkpoint.name, url, dest)
+        for attempt in range(retries + 1):
+            try:
+                _fetch_to(dest, url, checkpoint, progress=progress, timeout=timeout, stop=stop)
+                return dest
+            except _Transient as e:
+                if attempt == retries:
+                    raise e.error from e.__cause__
+                wait = _RETRY_BACKOFF_S * 2**attempt
+                remaining = stop.remaining()
+                if remaining is not None and remaining <= wait:
+                    stop.stop("deadline")  # no time for another attempt: say so now
+                if not stop.reason:
+                    logger.warning("%s; retrying in %.0f s (attempt %d of %d)", e.error.reason,
+                                   wait, attempt + 2, retries + 1)
+                    stop.sleep(wait)
+                if stop.reason:
+                    raise stop.error(url, checkpoint, dest, f"last attempt: {e.error.reason}") from e.error
     raise AssertionError("unreachable")
+
+
+@dataclasses.dataclass(eq=False)
+class BackgroundDownload:
+    """A :func:`download` running in a daemon thread (see :func:`download_in_background`).
+
+    ``done()`` / ``wait(timeout)`` say whether it has finished, ``result(timeout)`` returns the
+    path or raises its error, ``cancel()`` stops it at once (:class:`DownloadCancelled`).
+    ``path`` and ``error`` hold the outcome once done.
+    """
+
+    checkpoint: KnownCheckpoint
+    cancellation: Cancellation = dataclasses.field(default_factory=Cancellation)
+    path: Path | None = None
+    error: BaseException | None = None
+    _finished: threading.Event = dataclasses.field(default_factory=threading.Event, repr=False)
+
+    def cancel(self) -> None:
+        self.cancellation.cancel()
+
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until it finishes (at most ``timeout`` s); True when it has."""
+        return self._finished.wait(timeout)
+
+    def result(self, timeout: float | None = None) -> Path:
+        """The downloaded file's path; raises the download's error, or TimeoutError when it is
+        still running after ``timeout`` s."""
+        if not self._finished.wait(timeout):
+            raise TimeoutError(f"the download of {self.checkpoint.name} is still running")
+        if self.error is not None:
+            raise self.error
+        return self.path
+
+
+def download_in_background(checkpoint: KnownCheckpoint, **options) -> BackgroundDownload:
+    """Start ``download(checkpoint, **options)`` in a daemon thread and return at once.
+
+    ``options``: those of :func:`download` but ``cancel`` (the returned object has its own);
+    give a ``deadline_s`` and ``progress=False`` for a server. Partial files are removed on
+    SIGTERM and at exit once :func:`install_cleanup_handlers` has been called.
+    """
+    job = BackgroundDownload(checkpoint=checkpoint)
+
+    def run() -> None:
+        try:
+            job.path = download(checkpoint, cancel=job.cancellation, **options)
+        except Exception as e:  # handed to whoever asks for the result
+            job.error = e
+            if not isinstance(e, DownloadError):
+                logger.exception("the download of %s failed", checkpoint.name)
+        finally:
+            job._finished.set()
+
+    threading.Thread(target=run, name=f"download {checkpoint.name}", daemon=True).start()
+    return job
 
 
 def ensure_available(name_or_checkpoint: str | KnownCheckpoint, *,
                      dest_dir: str | os.PathLike | None = None, base_url: str | None = None,
-                     offline: bool = False, progress: bool = True) -> Path:
+                     offline: bool = False, progress: bool = True,
+                     deadline_s: float | None = DEFAULT_DEADLINE_S,
+                     cancel: Cancellation | None = None) -> Path:
     """The local path of a known checkpoint, downloading it first if it is missing.
 
     ``name_or_checkpoint``: a catalogue name (see :func:`segfpn.checkpoints.catalogue.find`) or a
     :class:`KnownCheckpoint`. With ``offline=True`` or ``$SEGFPN_OFFLINE=1`` a missing file raises
     :class:`OfflineError` saying which URL to fetch and where to save it. A present file is
-    returned as is (not re-hashed; see :func:`verify_file`).
+    returned as is (not re-hashed; see :func:`verify_file`). ``deadline_s``, ``cancel``: as for
+    :func:`download`.
     """
     checkpoint = (name_or_checkpoint if isinstance(name_or_checkpoint, KnownCheckpoint)
                   else find(name_or_checkpoint))
@@ -382,7 +725,8 @@ def ensure_available(name_or_checkpoint: str | KnownCheckpoint, *,
                            f"{resolve_url(checkpoint, base_url=base_url)} and put it in "
                            f"{dest.parent} as {checkpoint.file_name}, or unset {OFFLINE_ENV} to "
                            f"let segfpn download it.", url=None, reason=reason)
-    return download(checkpoint, dest_dir=dest.parent, base_url=base_url, progress=progress)
+    return download(checkpoint, dest_dir=dest.parent, base_url=base_url, progress=progress,
+                    deadline_s=deadline_s, cancel=cancel)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -413,7 +757,9 @@ def local_status(*, dest_dir: str | os.PathLike | None = None) -> list[LocalChec
 
 
 __all__ = [
-    "BASE_URL_ENV", "OFFLINE_ENV", "WEIGHTS_DIR_ENV", "ChecksumError", "DownloadError",
-    "LocalCheckpoint", "OfflineError", "download", "ensure_available", "local_path",
-    "local_status", "offline_from_env", "resolve_url", "verify_file", "weights_dir",
+    "BASE_URL_ENV", "DEFAULT_DEADLINE_S", "OFFLINE_ENV", "WEIGHTS_DIR_ENV", "BackgroundDownload",
+    "Cancellation", "ChecksumError", "DownloadCancelled", "DownloadError", "LocalCheckpoint",
+    "OfflineError", "download", "download_in_background", "ensure_available",
+    "install_cleanup_handlers", "local_path", "local_status", "offline_from_env", "partial_files",
+    "remove_partial_files", "resolve_url", "verify_file", "weights_dir",
 ]

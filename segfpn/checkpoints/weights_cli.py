@@ -14,9 +14,11 @@ from typing import Sequence
 from segfpn.checkpoints.catalogue import UnknownCheckpointError, default_checkpoint, find
 from segfpn.checkpoints.download import (
     BASE_URL_ENV,
+    DEFAULT_DEADLINE_S,
     WEIGHTS_DIR_ENV,
     DownloadError,
     download,
+    install_cleanup_handlers,
     local_status,
     verify_file,
     weights_dir,
@@ -47,6 +49,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
                             f"${BASE_URL_ENV} or the official URL)")
     fetch.add_argument("--force", action="store_true", help="download again even if present")
     fetch.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    fetch.add_argument("--deadline", type=_positive_seconds, default=DEFAULT_DEADLINE_S, metavar="SECONDS",
+                       help=f"give up on a download that takes longer (default: {DEFAULT_DEADLINE_S:.0f})")
     fetch.set_defaults(func=_download)
 
     check = commands.add_parser("verify", help="check present files against their published hash")
@@ -54,6 +58,16 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     add_dir(check)
     check.set_defaults(func=_verify)
     return weights
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    return value
 
 
 def _format_mb(num_bytes: float | None) -> str:
@@ -75,8 +89,10 @@ def _list(args: argparse.Namespace) -> int:
             size = _format_mb(entry.size_bytes)
         elif c.size_bytes is not None:
             size = _format_mb(c.size_bytes)
-        else:
-            size = f"~{c.approx_size_mb:.0f} MB" if c.approx_size_mb is not None else "-"
+        elif c.approx_size_mb is not None:
+            size = f"~{c.approx_size_mb:.0f} MiB"
+        else:  # no published size: the most a download of it may have
+            size = f"<= {c.size_limit_bytes / 2**20:.0f} MiB"
         name = c.name + (" *" if c.name == default else "")
         rows.append((name, c.arch, c.format, _metric(c.metrics, "box_ap"),
                      _metric(c.metrics, "mask_ap"), _metric(c.metrics, "pq"), size,
@@ -95,10 +111,11 @@ def _download(args: argparse.Namespace) -> int:
         try:
             checkpoint = find(name)
             path = download(checkpoint, dest_dir=args.dir, base_url=args.base_url,
-                            progress=not args.no_progress, force=args.force)
+                            progress=not args.no_progress, force=args.force,
+                            deadline_s=args.deadline)
         except (UnknownCheckpointError, DownloadError) as e:
             print(f"error: {e}", file=sys.stderr)
-            status = 1
+            status = 2
             continue
         print(f"{checkpoint.name}: {path}")
     return status
@@ -109,7 +126,7 @@ def _verify(args: argparse.Namespace) -> int:
         targets = {find(name).name for name in args.name}
     except UnknownCheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     entries = [e for e in local_status(dest_dir=args.dir)
                if (e.checkpoint.name in targets if targets else e.present)]
     if not entries:
@@ -129,6 +146,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``weights ...`` on its own (``python -m segfpn.checkpoints.weights_cli list``)."""
+    install_cleanup_handlers()  # a stopped download leaves no partial file
     parser = argparse.ArgumentParser(prog="segfpn")
     register_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["weights", *(sys.argv[1:] if argv is None else argv)])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 import socket
 from pathlib import Path, PurePosixPath
@@ -20,6 +22,8 @@ from segfpn.checkpoints.catalogue import (
     find_by_file_name,
 )
 from segfpn.config import ARCHITECTURES
+
+from testdata import DATA
 
 
 @pytest.fixture(autouse=True)
@@ -114,6 +118,62 @@ def test_published_facts():
     assert CHECKPOINTS["maskrcnn_resnet50_fpn_v2"].approx_size_mb == 177.219
 
 
+def _float32_values(arch: str) -> int:
+    """Values in segfpn's model of ``arch`` (built on the meta device: no memory, no time)."""
+    import torch
+
+    from segfpn.model.detector import SegFPN
+
+    with torch.device("meta"):
+        model = SegFPN(ARCHITECTURES[arch]())
+    return sum(v.numel() for v in model.state_dict().values())
+
+
+def test_every_entry_has_a_download_limit_derived_from_published_facts():
+    """torchvision: its published size in MiB (at least the bytes of its tensors, at most 2%
+    above the published size); detectron2: the float32 values of the real files (key manifests
+    for R50, R50 + the extra res4 blocks for R101), at least their bytes plus room for the pickle
+    framing, at most 2% + 2 MiB above them."""
+    import torch
+    from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
+
+    manifests = {"panoptic_fpn_R_50": "d2_panoptic_fpn_R_50_keys.json",
+                 "mask_rcnn_R_50_FPN": "d2_mask_rcnn_R_50_FPN_keys.json"}
+    builders = {"maskrcnn_resnet50_fpn": maskrcnn_resnet50_fpn,
+                "maskrcnn_resnet50_fpn_v2": maskrcnn_resnet50_fpn_v2}
+    cell_anchor_values = 5 * 3 * 4  # in the zoo files, not in segfpn's model
+    for entry in ENTRIES:
+        assert entry.max_size_bytes is not None, entry.name
+        limit = entry.size_limit_bytes
+        assert limit == entry.max_size_bytes and entry.size_bytes is None
+        if entry.format == "torchvision":
+            with torch.device("meta"):
+                model = builders[entry.arch](weights=None, weights_backbone=None)
+            tensor_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+            published = entry.approx_size_mb * 2**20
+            assert tensor_bytes < published < limit <= published * 1.02, entry.name
+        else:
+            values = catalogue._D2_FLOAT32_VALUES[entry.arch]
+            if entry.arch in manifests:
+                spec = json.loads((DATA / manifests[entry.arch]).read_text())
+                assert values == spec["num_values_model_zoo_pkl"] == sum(
+                    math.prod(k["shape"]) for k in spec["keys"] if k["in_model_zoo_pkl"])
+            assert values == _float32_values(entry.arch) + cell_anchor_values, entry.name
+            assert 4 * values + 600 * 250 < limit <= 4 * values * 1.02 + 2 * 2**20, entry.name
+
+
+def test_size_limit_falls_back_and_is_validated(monkeypatch):
+    assert KnownCheckpoint(**_entry(size_bytes=1000, max_size_bytes=2000)).size_limit_bytes == 1000
+    assert KnownCheckpoint(**_entry(max_size_bytes=2000)).size_limit_bytes == 2000
+    monkeypatch.setattr(catalogue, "UNKNOWN_SIZE_LIMIT_BYTES", 12345)
+    assert KnownCheckpoint(**_entry()).size_limit_bytes == 12345
+    with pytest.raises(ValueError, match="above max_size_bytes"):
+        KnownCheckpoint(**_entry(size_bytes=3000, max_size_bytes=2000))
+    for bad in (0, -5, 1.5):
+        with pytest.raises(ValueError, match="max_size_bytes must be a positive"):
+            KnownCheckpoint(**_entry(max_size_bytes=bad))
+
+
 def test_default_is_the_best_panoptic_by_pq():
     best = max((c for c in ENTRIES if "pq" in c.metrics), key=lambda c: c.metrics["pq"])
     assert default_checkpoint() is best
@@ -194,7 +254,8 @@ def test_cli_list_marks_default_and_present(tmp_path, capsys):
     assert rows["panoptic_fpn_R_50_3x"].split()[-1] == "yes"
     assert "3 MiB" in rows["panoptic_fpn_R_50_3x"]
     assert rows["panoptic_fpn_R_50_1x"].split()[-1] == "no"
-    assert "43.0" in rows["panoptic_fpn_R_101_3x"] and "~170 MB" in rows["maskrcnn_resnet50_fpn"]
+    assert "43.0" in rows["panoptic_fpn_R_101_3x"] and "~170 MiB" in rows["maskrcnn_resnet50_fpn"]
+    assert "<= 252 MiB" in rows["panoptic_fpn_R_101_3x"]  # no published size: the download limit
 
 
 def test_weights_readme_lists_every_checkpoint():

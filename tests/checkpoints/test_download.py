@@ -12,9 +12,13 @@ import hashlib
 import http.server
 import os
 import random
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter, namedtuple
 from pathlib import Path
 
@@ -42,7 +46,10 @@ TV_NAME = f"tiny_maskrcnn_coco-{SHA256[:8]}.pth"
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves ``server.routes[path] = (mode, body)``; modes: ok, truncate, drop, hang, flaky, <code>."""
+    """Serves ``server.routes[path] = (mode, body)``; modes: ok, truncate, drop, hang, flaky, <code>,
+    and for the limits: nolength (the body without Content-Length, then close), endless (the
+    body over and over without Content-Length, up to ``server.endless_bytes``), trickle (one
+    byte every ``server.trickle_s``), oversize (announces and sends the body three times)."""
 
     protocol_version = "HTTP/1.1"
 
@@ -65,13 +72,45 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if mode == "hang":
             server.release.wait(5)
             return
+        if mode in ("nolength", "endless"):
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            repeats = 1 if mode == "nolength" else server.endless_bytes // len(body) + 1
+            try:
+                for _ in range(repeats):
+                    self.wfile.write(body)
+                    server.sent[self.path] += len(body)
+            except OSError:  # the client went away
+                pass
+            return
+        if mode == "trickle":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                for i in range(len(body)):
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    if server.release.wait(server.trickle_s):
+                        break
+            except OSError:
+                pass
+            self.close_connection = True
+            return
+        if mode == "oversize":
+            body = body * 3
         announced = len(body) + (1000 if mode == "truncate" else 0)
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(announced))
         self.end_headers()
-        if mode == "ok":
-            self.wfile.write(body)
+        if mode in ("ok", "oversize"):
+            try:
+                self.wfile.write(body)
+            except OSError:  # the client refused the body and went away
+                pass
             return
         self.wfile.write(body[: len(body) // 2])
         self.wfile.flush()
@@ -88,6 +127,9 @@ class _Server(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.routes: dict[str, tuple[str, bytes]] = {}
         self.hits: Counter[str] = Counter()
+        self.sent: Counter[str] = Counter()  # body bytes written, for the no-Content-Length modes
+        self.endless_bytes = 64 << 20
+        self.trickle_s = 0.2
         self.lock = threading.Lock()
         self.release = threading.Event()
 
@@ -249,7 +291,7 @@ def test_dropped_connection(server, tmp_path):
 def test_transient_failures_are_retried_a_bounded_number_of_times(server, tmp_path, monkeypatch):
     waits = []
     monkeypatch.setattr(dl, "_RETRY_BACKOFF_S", 1.0)
-    monkeypatch.setattr(dl.time, "sleep", waits.append)
+    monkeypatch.setattr(dl._Stop, "sleep", lambda stop, seconds: waits.append(seconds))
     dropping = _serve(server, "drop")
     with pytest.raises(DownloadError):
         download(dropping, dest_dir=tmp_path, progress=False, retries=2)
@@ -268,6 +310,9 @@ def test_transient_failures_are_retried_a_bounded_number_of_times(server, tmp_pa
 
     with pytest.raises(ValueError):
         download(flaky, dest_dir=tmp_path / "x", retries=100)
+    for deadline in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="deadline_s"):
+            download(flaky, dest_dir=tmp_path / "x", deadline_s=deadline)
 
 
 def test_http_404_names_url_and_status(server, tmp_path):
@@ -283,7 +328,7 @@ def test_http_404_names_url_and_status(server, tmp_path):
 
 def test_connection_refused_names_url(tmp_path, monkeypatch):
     waits = []
-    monkeypatch.setattr(dl.time, "sleep", waits.append)
+    monkeypatch.setattr(dl._Stop, "sleep", lambda stop, seconds: waits.append(seconds))
     checkpoint = _checkpoint(f"http://127.0.0.1:{_closed_port()}/zoo/{D2_NAME}")
     with pytest.raises(DownloadError) as excinfo:
         download(checkpoint, dest_dir=tmp_path, progress=False, retries=2)
@@ -512,10 +557,10 @@ def test_cli_download_and_verify(server, tmp_path, monkeypatch, capsys):
     assert "FAILED" in capsys.readouterr().err
 
     server.routes[f"/mirror/{D2_NAME}"] = ("404", b"")
-    assert weights_cli.main([*args, "--force"]) == 1
+    assert weights_cli.main([*args, "--force"]) == 2
     err = capsys.readouterr().err
     assert "HTTP 404" in err and server.url(f"/mirror/{D2_NAME}") in err
-    assert weights_cli.main(["download", "nope", "--dir", str(tmp_path)]) == 1
+    assert weights_cli.main(["download", "nope", "--dir", str(tmp_path)]) == 2
     assert "unknown checkpoint 'nope'" in capsys.readouterr().err
 
 
@@ -525,9 +570,218 @@ def test_unknown_host_is_not_retried(tmp_path, monkeypatch):
 
     waits = []
     monkeypatch.setattr(socket, "create_connection", no_dns)
-    monkeypatch.setattr(dl.time, "sleep", waits.append)
+    monkeypatch.setattr(dl._Stop, "sleep", lambda stop, seconds: waits.append(seconds))
     checkpoint = _checkpoint(f"http://mirror.invalid/zoo/{D2_NAME}")
     with pytest.raises(DownloadError, match=r"could not reach http://mirror\.invalid/.*host not found"):
         download(checkpoint, dest_dir=tmp_path, progress=False, retries=2)
     assert waits == []
     assert _listing(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits: the size of each checkpoint, a deadline for the whole download, cancelling it
+
+
+def _limited(server, mode, *, limit=len(PAYLOAD) + 1000, folder="/zoo") -> KnownCheckpoint:
+    return dataclasses.replace(_serve(server, mode, folder=folder), max_size_bytes=limit)
+
+
+def test_no_content_length_is_fine_within_the_limit(server, tmp_path):
+    checkpoint = _limited(server, "nolength", limit=len(PAYLOAD))
+    assert download(checkpoint, dest_dir=tmp_path, progress=False).read_bytes() == PAYLOAD
+
+
+def test_endless_stream_without_content_length_stops_at_the_limit(server, tmp_path):
+    checkpoint = _limited(server, "endless")
+    started = time.monotonic()
+    with pytest.raises(ChecksumError) as excinfo:
+        download(checkpoint, dest_dir=tmp_path, progress=False)
+    assert time.monotonic() - started < 10
+    message = str(excinfo.value)
+    assert f"more than the {len(PAYLOAD) + 1000} bytes" in message and checkpoint.url in message
+    assert _listing(tmp_path) == []
+    assert server.hits.total() == 1  # too much data is not retried
+
+
+def test_content_length_above_the_limit_is_refused_before_reading(server, tmp_path):
+    checkpoint = _limited(server, "oversize")
+    with pytest.raises(ChecksumError, match=f"announces {3 * len(PAYLOAD)} bytes, more than the "
+                                            f"{len(PAYLOAD) + 1000}"):
+        download(checkpoint, dest_dir=tmp_path, progress=False)
+    assert _listing(tmp_path) == []
+    assert server.hits.total() == 1
+
+
+def test_catalogue_limit_is_used_when_nothing_is_set(server, tmp_path, monkeypatch):
+    """An entry without max_size_bytes gets the catalogue's limit for unknown sizes."""
+    monkeypatch.setattr(catalogue, "UNKNOWN_SIZE_LIMIT_BYTES", len(PAYLOAD) // 2)
+    checkpoint = _serve(server, "nolength")
+    with pytest.raises(ChecksumError, match=f"more than the {len(PAYLOAD) // 2} bytes"):
+        download(checkpoint, dest_dir=tmp_path, progress=False)
+    assert _listing(tmp_path) == []
+
+
+def test_slow_server_is_stopped_by_the_total_deadline(server, tmp_path):
+    """One byte every 0.2 s: every read is well within the 5 s timeout, the whole is not."""
+    checkpoint = _serve(server, "trickle")
+    started = time.monotonic()
+    with pytest.raises(DownloadError) as excinfo:
+        download(checkpoint, dest_dir=tmp_path, progress=False, timeout=5, retries=2, deadline_s=1.0)
+    elapsed = time.monotonic() - started
+    assert 0.9 < elapsed < 3, elapsed
+    assert "did not finish within 1 s" in str(excinfo.value) and checkpoint.url in str(excinfo.value)
+    assert excinfo.value.reason.startswith("deadline")
+    assert _listing(tmp_path) == []
+    assert server.hits.total() == 1  # a deadline is not retried
+
+
+def test_deadline_bounds_the_waits_between_retries(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(dl, "_RETRY_BACKOFF_S", 30.0)
+    checkpoint = _serve(server, "drop")
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="did not finish within 1 s.*connection"):
+        download(checkpoint, dest_dir=tmp_path, progress=False, retries=3, deadline_s=1.0)
+    assert time.monotonic() - started < 3
+    assert _listing(tmp_path) == []
+
+
+def test_deadline_stops_a_server_that_never_sends_its_headers(server, tmp_path):
+    checkpoint = _serve(server, "hang")
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="did not finish within 0.5 s"):
+        download(checkpoint, dest_dir=tmp_path, progress=False, timeout=30, deadline_s=0.5)
+    assert time.monotonic() - started < 2.5
+
+
+def _wait_for(condition, seconds=10.0):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _parts(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.part-*")) if folder.exists() else []
+
+
+def test_cancel_from_another_thread_stops_a_blocked_read(server, tmp_path):
+    server.trickle_s = 3.0  # a read blocks for 3 s: cancelling must not wait for it
+    checkpoint = _serve(server, "trickle")
+    job = dl.download_in_background(checkpoint, dest_dir=tmp_path, progress=False, timeout=30,
+                                    deadline_s=60)
+    assert _wait_for(lambda: _parts(tmp_path))
+    assert [p for p in dl.partial_files() if p.parent == tmp_path] == _parts(tmp_path)
+    assert not job.done()
+    started = time.monotonic()
+    job.cancel()
+    assert job.wait(2.0), "the download did not stop within 2 s of cancel()"
+    assert time.monotonic() - started < 2.0
+    with pytest.raises(dl.DownloadCancelled, match="cancelled"):
+        job.result()
+    assert _listing(tmp_path) == []
+    assert not [p for p in dl.partial_files() if p.parent == tmp_path]
+
+
+def test_background_download_result(server, tmp_path):
+    job = dl.download_in_background(_serve(server), dest_dir=tmp_path, progress=False, deadline_s=30)
+    assert job.result(timeout=10) == tmp_path / D2_NAME
+    assert job.done() and job.error is None
+    assert (tmp_path / D2_NAME).read_bytes() == PAYLOAD
+
+
+def test_cancelled_before_it_starts(server, tmp_path):
+    cancel = dl.Cancellation()
+    cancel.cancel()
+    with pytest.raises(dl.DownloadCancelled):
+        download(_serve(server), dest_dir=tmp_path, progress=False, cancel=cancel)
+    assert server.hits.total() == 0 and _listing(tmp_path) == []
+
+
+def test_remove_partial_files_deletes_what_is_being_written(server, tmp_path):
+    checkpoint = _serve(server, "trickle")
+    job = dl.download_in_background(checkpoint, dest_dir=tmp_path, progress=False, deadline_s=60)
+    assert _wait_for(lambda: _parts(tmp_path))
+    removed = dl.remove_partial_files()
+    assert set(_parts(tmp_path)) == set() and {p.parent for p in removed} == {tmp_path}
+    job.cancel()
+    assert job.wait(5)
+    assert _listing(tmp_path) == []
+
+
+SIGNAL_SCRIPT = """
+import sys, threading
+from segfpn.checkpoints import download as dl
+from segfpn.checkpoints.catalogue import KnownCheckpoint
+
+url, dest, where = sys.argv[1:]
+dl.install_cleanup_handlers()
+checkpoint = KnownCheckpoint(name="tiny", arch="panoptic_fpn_R_50", format="detectron2", url=url,
+                             file_name=url.rsplit("/", 1)[1], categories="coco_panoptic",
+                             source_url="http://127.0.0.1/", md5_prefix=url.rsplit("_", 1)[1][:6])
+run = lambda: dl.download(checkpoint, dest_dir=dest, progress=False, timeout=60, deadline_s=120)
+if where == "main":
+    run()
+else:  # as the app does it: the download in a thread, the main thread waiting on something else
+    threading.Thread(target=run, daemon=True).start()
+    threading.Event().wait(120)
+"""
+
+
+@pytest.mark.parametrize("signum, where", [(signal.SIGTERM, "main"), (signal.SIGTERM, "thread"),
+                                           (signal.SIGINT, "thread")],
+                         ids=["sigterm_main_thread", "sigterm_background_thread", "sigint_background_thread"])
+def test_signal_removes_the_partial_file(server, tmp_path, signum, where):
+    checkpoint = _serve(server, "trickle")
+    script = tmp_path / "fetch.py"
+    script.write_text(SIGNAL_SCRIPT)
+    dest = tmp_path / "weights"
+    process = subprocess.Popen([sys.executable, str(script), checkpoint.url, str(dest), where],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert _wait_for(lambda: _parts(dest) or process.poll() is not None, 60) and _parts(dest), \
+            process.stderr.read().decode()[-2000:] if process.poll() is not None else "no partial file after 60 s"
+        process.send_signal(signum)
+        process.wait(10)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signum, process.stderr.read().decode()[-2000:]
+    assert _listing(dest) == []
+
+
+def test_cli_download_deadline_and_limit_are_one_error_line_each(server, tmp_path, monkeypatch, capsys):
+    slow = _serve(server, "trickle", folder="/slow")
+    big = dataclasses.replace(_serve(server, "oversize", folder="/big"), name="tiny_big",
+                              max_size_bytes=len(PAYLOAD))
+    monkeypatch.setattr(catalogue, "CHECKPOINTS", {slow.name: slow, big.name: big})
+    assert weights_cli.main(["download", slow.name, "--dir", str(tmp_path), "--deadline", "0.5",
+                             "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: download of ") and "within 0.5 s" in err
+    assert weights_cli.main(["download", big.name, "--dir", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"more than the {len(PAYLOAD)} bytes tiny_big can have" in err
+    assert _listing(tmp_path) == []
+
+
+def test_install_cleanup_handlers_chains_and_is_idempotent(monkeypatch):
+    """The previous handler still runs after the partial files are removed; a second call does
+    not chain the handler to itself; outside the main thread only the atexit hook is set."""
+    calls = []
+    monkeypatch.setattr(dl, "_PREVIOUS_HANDLERS", {})
+    original = signal.getsignal(signal.SIGUSR1)
+    try:
+        signal.signal(signal.SIGUSR1, lambda signum, frame: calls.append(signum))
+        assert dl.install_cleanup_handlers((signal.SIGUSR1,)) is True
+        assert dl.install_cleanup_handlers((signal.SIGUSR1,)) is True
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert _wait_for(lambda: calls, 2) and calls == [signal.SIGUSR1]
+        outcome = []
+        thread = threading.Thread(target=lambda: outcome.append(dl.install_cleanup_handlers((signal.SIGUSR2,))))
+        thread.start()
+        thread.join()
+        assert outcome == [False] and signal.SIGUSR2 not in dl._PREVIOUS_HANDLERS
+    finally:
+        signal.signal(signal.SIGUSR1, original)

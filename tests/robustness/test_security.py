@@ -1,27 +1,130 @@
-"""What a request can reach: uploads stay in Gradio's temp folder (or memory), no path from a
-request reaches the file system, the app listens on 127.0.0.1 unless told otherwise, and
-checkpoints are never unpickled beyond numpy arrays (torch.load only with weights_only=True)."""
+"""What a request can reach: every event goes through the queue (no direct HTTP route runs the
+model beside it), reloading the weights only when the operator allows it, uploads stay in
+Gradio's temp folder (or memory), no path from a request reaches the file system, the app
+listens on 127.0.0.1 unless told otherwise, and checkpoints are never unpickled beyond numpy
+arrays (torch.load only with weights_only=True)."""
 
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import secrets
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 import torch
-from app_process import ROOT, listening_addresses, segment
+from app_process import (ROOT, ConcurrencyCountingPredictor, listening_addresses, segment,
+                         serve_in_process)
+from gradio_client import Client
 from input_cases import CAT
 from PIL import Image, PngImagePlugin
+from serve_app import SMALL_INPUT
 
 import segfpn
 from segfpn.app_state import ModelSource
 
 MINI = ROOT / "tests" / "data" / "d2_mini" / "panoptic_fpn_mini.pkl"
+#: Requests sent at once, straight over HTTP, as no page would send them.
+DIRECT_CALLS = 16
+
+
+@pytest.fixture(scope="module")
+def counted_app():
+    """The app (queue of 6) around a predictor that records how many of its calls ever ran
+    at once (each lasting at least 0.3 s, so that calls let through together overlap)."""
+    predictor = ConcurrencyCountingPredictor(segfpn.load(MINI, device="cpu", overrides=SMALL_INPUT))
+    url, demo = serve_in_process(ModelSource.from_predictor(predictor, "mini"), queue_size=6)
+    yield SimpleNamespace(url=url, predictor=predictor)
+    demo.close()
+
+
+def _upload(url: str, path: Path) -> str:
+    with path.open("rb") as f:
+        return httpx.post(url + "gradio_api/upload", files={"files": (path.name, f)},
+                          timeout=30).json()[0]
+
+
+@pytest.mark.parametrize("route", ["run", "api", "call"])
+def test_direct_http_calls_never_run_the_model_beside_the_queue(counted_app, route):
+    """16 POSTs at once to /segment by every HTTP route Gradio has: /run/ and /api/ (which run
+    an event at once when the API is open) are refused; /call/ is queued or told "busy". The
+    model never runs for two requests at once."""
+    url, predictor = counted_app.url, counted_app.predictor
+    data = [{"path": _upload(url, CAT), "meta": {"_type": "gradio.FileData"}}, 1.0, 0.5, True, True]
+    calls, predictor.most_at_once = predictor.calls, 0
+
+    def send(_):
+        with httpx.Client(timeout=120) as http:
+            if route in ("run", "api"):
+                answer = http.post(f"{url}gradio_api/{route}/segment", json={"data": [*data, None]})
+                return answer.status_code, answer.text
+            joined = http.post(f"{url}gradio_api/call/segment", json={"data": data})
+            if joined.status_code != 200:
+                return joined.status_code, joined.text
+            return 200, http.get(f"{url}gradio_api/call/segment/{joined.json()['event_id']}").text
+
+    with ThreadPoolExecutor(DIRECT_CALLS) as pool:
+        answers = list(pool.map(send, range(DIRECT_CALLS)))
+    assert predictor.most_at_once == (0 if route in ("run", "api") else 1)
+    if route in ("run", "api"):
+        assert [(s, t) for s, t in answers if s != 404 or "join the queue" not in t] == []
+        assert predictor.calls == calls
+        # Nor does any other event of the page run beside the queue (the drawing ones included).
+        for name in ("redraw_instances", "roi_levels", "inspect", "model_status"):
+            assert httpx.post(f"{url}gradio_api/{route}/{name}", json={"data": []},
+                              timeout=30).status_code == 404
+    else:
+        busy = [t for s, t in answers if s == 503]
+        done = [t for s, t in answers if s == 200 and "event: complete" in t]
+        assert len(busy) + len(done) == DIRECT_CALLS, answers
+        assert all("Queue is full" in t for t in busy)
+        assert predictor.calls - calls == len(done) > 0
+
+
+@pytest.mark.parametrize("allowed", ["off", "on"])
+def test_reload_model_only_when_the_operator_allows_it(monkeypatch, allowed):
+    """Without --allow-reload (SEGFPN_ALLOW_RELOAD=1) the page has no "Reload weights" and no
+    client can reload the weights, by name or by any HTTP route; with it, both work."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import app
+
+    options = {}  # off: the app as built by default
+    if allowed == "on":
+        monkeypatch.setenv("SEGFPN_ALLOW_RELOAD", "1")
+        options["allow_reload"] = app.parse_args([]).allow_reload
+    source = ModelSource([str(MINI)], device="cpu",
+                         loader=functools.partial(segfpn.load, overrides=SMALL_INPUT))
+    url, demo = serve_in_process(source, **options)
+    client = Client(url, verbose=False)
+    try:
+        loaded = source.get()
+        config = httpx.get(url + "config", timeout=30).json()
+        button = [c for c in config["components"]
+                  if c.get("props", {}).get("elem_id") == "reload-button"]
+        endpoints = {d.get("api_name") for d in config["dependencies"]}
+        if allowed == "on":
+            assert button and "reload_model" in endpoints
+            assert "Model **panoptic_fpn_mini.pkl**" in client.predict(api_name="/reload_model")["value"]
+            assert source.get() is not loaded  # read from disk again
+            return
+        assert button == [] and "reload_model" not in endpoints
+        assert [fn.name for fn in demo.fns.values() if fn.name == "reload_model"] == []
+        with pytest.raises(ValueError, match="reload_model"):
+            client.predict(api_name="/reload_model")
+        for route in ("run", "api", "call"):
+            answer = httpx.post(f"{url}gradio_api/{route}/reload_model", json={"data": []}, timeout=30)
+            assert answer.status_code >= 400, (route, answer.text)
+        assert source.get() is loaded
+    finally:
+        client.close()
+        demo.close()
 
 
 def _call_segment(server, path: str) -> str:
@@ -181,8 +284,10 @@ def test_torch_load_only_with_weights_only_and_no_other_unpickling():
                 problems.append(f"{where}:{node.lineno} makes an unpickler ({func})")
     assert torch_loads >= 2  # the scan sees the two calls in segfpn/checkpoints/loading.py
     assert problems == []
-    # The one unpickler there is allows numpy arrays and containers, nothing else.
+    # The one unpickler there is allows numpy arrays and containers, and the latin-1 codec that
+    # Python 3 writes protocol-2 bytes with (tests/checkpoints/test_file_formats.py), nothing else.
     from segfpn.checkpoints.safe_pickle import _ALLOWED_GLOBALS
 
-    assert {module.split(".")[0] for module, _ in _ALLOWED_GLOBALS} == {"collections", "numpy"}
+    assert {module.split(".")[0] for module, _ in _ALLOWED_GLOBALS} == {"collections", "numpy", "_codecs"}
+    assert [name for module, name in _ALLOWED_GLOBALS if module == "_codecs"] == ["encode"]
     assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") is None
