@@ -68,6 +68,11 @@ class RPNConfig:
     """Anchors, head and proposal selection.
 
     ``round_anchors``: torchvision rounds the cell-anchor corners to integers; detectron2 does not.
+    ``anchor_arithmetic``: how the cell anchors' sides are computed, which decides the rounding
+    of a corner ending in exactly .5 ("float32": torchvision's size * sqrt(ratio) in float32;
+    "float64": detectron2's sqrt(size**2 / ratio) in Python floats; see ``cell_anchors``).
+    ``nms_score``: what the per-level NMS and the final top-k rank proposals by: torchvision the
+    sigmoid "probability" (which ties logits above ~17 at 1.0 in float32), detectron2 the "logit".
     ``min_proposal_size``: proposals narrower or lower than this are dropped (and empty ones always).
     ``strides_from_grid``: torchvision takes each level's anchor stride as padded_size // grid_size
     (61 instead of 64 for p6 of an 800 px input); detectron2 uses the nominal stride.
@@ -76,12 +81,14 @@ class RPNConfig:
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     round_anchors: bool = True
+    anchor_arithmetic: Literal["float32", "float64"] = "float32"
     anchor_offset: float = 0.0
     strides_from_grid: bool = True
     num_convs: int = 1
     pre_nms_topk: int = 1000
     post_nms_topk: int = 1000
     nms_threshold: float = 0.7
+    nms_score: Literal["probability", "logit"] = "probability"
     min_proposal_size: float = 1e-3
     # training
     pre_nms_topk_train: int = 2000
@@ -93,11 +100,13 @@ class RPNConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class PoolerConfig:
-    """Level-based RoIAlign: k = floor(canonical_level + log2(sqrt(wh) / canonical_size) + eps).
+    """Level-based RoIAlign: k = floor(k0 + log2(sqrt(wh) / s0 + log_eps) + eps), in float32,
+    clamped to [min_level, max_level], with k0 = ``canonical_level`` and s0 = ``canonical_size``.
 
     ``aligned``: detectron2's ROIAlignV2 shifts by half a pixel (True); torchvision does not.
     ``sampling_ratio``: 0 = adaptive (detectron2), torchvision uses 2.
-    ``level_epsilon``: added after the log2 (torchvision 1e-6).
+    ``level_epsilon``: added after the log2 (torchvision 1e-6, detectron2 0).
+    ``level_log_epsilon``: added inside the log2 (detectron2 1e-8, torchvision 0).
     """
 
     aligned: bool = False
@@ -105,6 +114,7 @@ class PoolerConfig:
     canonical_level: int = 4
     canonical_size: float = 224.0
     level_epsilon: float = 1e-6
+    level_log_epsilon: float = 0.0
     min_level: int = 2
     max_level: int = 5
 
@@ -280,9 +290,9 @@ def detectron2_mask_rcnn(depth: Literal[50, 101] = 50) -> ModelConfig:
         num_classes=80,
         input=detectron2_input(),
         backbone=BackboneConfig(depth=depth, stride_in_1x1=True),
-        rpn=RPNConfig(round_anchors=False, strides_from_grid=False, min_proposal_size=0.0, pre_nms_topk_train=2000,
-                      post_nms_topk_train=1000),
-        pooler=PoolerConfig(aligned=True, sampling_ratio=0, level_epsilon=0.0),
+        rpn=RPNConfig(round_anchors=False, anchor_arithmetic="float64", strides_from_grid=False, nms_score="logit",
+                      min_proposal_size=0.0, pre_nms_topk_train=2000, post_nms_topk_train=1000),
+        pooler=PoolerConfig(aligned=True, sampling_ratio=0, level_epsilon=0.0, level_log_epsilon=1e-8),
         box_head=BoxHeadConfig(background_index="last", min_detection_size=0.0),
         mask_head=MaskHeadConfig(paste_method="grid_sample", clip_output_boxes=True),
     )

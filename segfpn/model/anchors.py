@@ -8,17 +8,32 @@ import torch
 from torch import nn
 
 
-def cell_anchors(size: float, aspect_ratios: tuple[float, ...], *, round_corners: bool) -> torch.Tensor:
+def cell_anchors(size: float, aspect_ratios: tuple[float, ...], *, round_corners: bool,
+                 arithmetic: str = "float64") -> torch.Tensor:
     """[A, 4] xyxy anchors centred at 0 with area ``size**2`` and h/w = each aspect ratio.
 
-    ``round_corners`` rounds the corners to integers as torchvision does; detectron2 keeps them exact.
+    ``arithmetic`` says how the sides are computed, which decides the last bit of a corner and
+    so, where a corner ends in exactly .5, which way ``round_corners`` rounds it:
+    "float32" (torchvision): h = size * sqrt(ratio), w = size / sqrt(ratio) in float32;
+    "float64" (detectron2): w = sqrt(size**2 / ratio), h = ratio * w in Python floats, then
+    float32. ``round_corners`` rounds the corners half to even (torchvision); detectron2 keeps them.
     """
-    anchors = []
-    for ratio in aspect_ratios:
-        w = math.sqrt(size * size / ratio)
-        h = ratio * w
-        anchors.append([-w / 2, -h / 2, w / 2, h / 2])
-    out = torch.tensor(anchors, dtype=torch.float32)
+    if arithmetic == "float32":
+        ratios = torch.tensor(aspect_ratios, dtype=torch.float32)
+        h_ratios = torch.sqrt(ratios)
+        w_ratios = 1 / h_ratios
+        scale = torch.tensor(float(size), dtype=torch.float32)
+        ws, hs = w_ratios * scale, h_ratios * scale
+        out = torch.stack((-ws, -hs, ws, hs), dim=1) / 2
+    elif arithmetic == "float64":
+        corners = []
+        for ratio in aspect_ratios:
+            w = math.sqrt(size * size / ratio)
+            h = ratio * w
+            corners.append([-w / 2, -h / 2, w / 2, h / 2])
+        out = torch.tensor(corners, dtype=torch.float32)
+    else:
+        raise ValueError(f"unknown anchor arithmetic {arithmetic!r}; expected float32 or float64")
     return out.round() if round_corners else out
 
 
@@ -30,7 +45,8 @@ class AnchorGenerator(nn.Module):
     """
 
     def __init__(self, *, strides: tuple[int, ...], sizes: tuple[float, ...], aspect_ratios: tuple[float, ...],
-                 round_corners: bool, offset: float = 0.0, strides_from_grid: bool = False):
+                 round_corners: bool, arithmetic: str = "float64", offset: float = 0.0,
+                 strides_from_grid: bool = False):
         super().__init__()
         self.strides_from_grid = strides_from_grid
         if len(strides) != len(sizes):
@@ -38,7 +54,8 @@ class AnchorGenerator(nn.Module):
         self.strides = strides
         self.offset = offset
         for i, size in enumerate(sizes):
-            self.register_buffer(f"cell_anchors_{i}", cell_anchors(size, aspect_ratios, round_corners=round_corners),
+            self.register_buffer(f"cell_anchors_{i}", cell_anchors(size, aspect_ratios, round_corners=round_corners,
+                                                                 arithmetic=arithmetic),
                                  persistent=False)
         self.num_anchors = len(aspect_ratios)
 

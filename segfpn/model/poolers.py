@@ -11,12 +11,17 @@ from segfpn.model.roi_align import roi_align
 def assign_levels(boxes: torch.Tensor, config: PoolerConfig) -> torch.Tensor:
     """int64 [R] pyramid level of each xyxy box [R, 4] (network-input pixels).
 
-    k = floor(k0 + log2(sqrt(w * h) / s0) + eps), clamped to [min_level, max_level]: a box of
-    224x224 reads p4, one of 112x112 p3, so the RoI always spans a similar number of cells.
+    k = floor(k0 + log2(sqrt(w * h) / s0 + log_eps) + eps), clamped to [min_level, max_level]:
+    a box of 224x224 reads p4, one of 112x112 p3, so the RoI always spans a similar number of
+    cells. The arithmetic is both references' to the bit, since a box near a boundary changes
+    level on the last bit: float32 throughout, area (x1 - x0) * (y1 - y0), torchvision's eps
+    1e-6 added after the log2 (``LevelMapper``), detectron2's 1e-8 inside it
+    (``assign_boxes_to_levels``).
     """
+    boxes = boxes.float()
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    k = torch.floor(config.canonical_level + torch.log2(torch.sqrt(area) / config.canonical_size)
-                    + config.level_epsilon)
+    log_size = torch.log2(torch.sqrt(area) / config.canonical_size + config.level_log_epsilon)
+    k = torch.floor(config.canonical_level + log_size + config.level_epsilon)
     return k.clamp(config.min_level, config.max_level).to(torch.int64)
 
 

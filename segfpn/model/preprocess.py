@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from segfpn.config import InputConfig
+from segfpn.imageio import ImageError
 
 
 @dataclass
@@ -27,19 +28,38 @@ class ImageBatch:
 
 
 def resized_size(height: int, width: int, config: InputConfig) -> tuple[int, int]:
-    """(h, w) after scaling the shorter side to ``min_size`` with the longer side at most ``max_size``."""
+    """(h, w) after scaling the shorter side to ``min_size`` with the longer side at most ``max_size``.
+
+    Each rule is the reference's own arithmetic, because a one-pixel difference in the input
+    size changes every feature map and so every detection:
+
+    * "floor" (torchvision, ``GeneralizedRCNNTransform`` in eager mode): one scale, a Python
+      float (double), ``min(min_size / short, max_size / long)``; ``F.interpolate`` then makes
+      each side ``int(side * scale)``. (torchvision's float32 scale is its tracing path only;
+      float32 here gave 799 instead of 800 for about half of all image sizes.)
+    * "round" (detectron2, ``ResizeShortestEdge.get_output_shape``): the shorter side becomes
+      ``min_size`` itself and the longer ``scale * side``, both multiplied by
+      ``max_size / longer`` when the longer is above ``max_size``; then ``int(x + 0.5)``.
+
+    Raises :class:`~segfpn.imageio.ImageError` when a side would become 0 pixels (an image far
+    thinner than any the model can see, e.g. 50000x2).
+    """
     if config.size_rounding == "floor":
-        # torchvision computes the scale in float32 and floors the scaled sizes.
-        short = torch.tensor(float(min(height, width)), dtype=torch.float32)
-        long = torch.tensor(float(max(height, width)), dtype=torch.float32)
-        scale = torch.min(config.min_size / short, config.max_size / long).item()
-        return int(np.floor(height * scale)), int(np.floor(width * scale))
-    scale = config.min_size / min(height, width)
-    new_h, new_w = height * scale, width * scale
-    if max(new_h, new_w) > config.max_size:
-        shrink = config.max_size / max(new_h, new_w)
-        new_h, new_w = new_h * shrink, new_w * shrink
-    return int(new_h + 0.5), int(new_w + 0.5)
+        scale = min(config.min_size / min(height, width), config.max_size / max(height, width))
+        new_h, new_w = int(height * scale), int(width * scale)
+    else:
+        short = float(config.min_size)
+        scale = short / min(height, width)
+        h, w = (short, scale * width) if height < width else (scale * height, short)
+        if max(h, w) > config.max_size:
+            shrink = config.max_size * 1.0 / max(h, w)
+            h, w = h * shrink, w * shrink
+        new_h, new_w = int(h + 0.5), int(w + 0.5)
+    if new_h < 1 or new_w < 1:
+        raise ImageError(f"image is {width}x{height} pixels: too thin for this model, whose input would "
+                         f"be {new_w}x{new_h} pixels (shorter side to {config.min_size}, longer at most "
+                         f"{config.max_size}); crop it to a less extreme aspect ratio")
+    return new_h, new_w
 
 
 def _normalise(x: torch.Tensor, config: InputConfig) -> torch.Tensor:

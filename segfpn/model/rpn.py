@@ -60,7 +60,7 @@ class RPN(nn.Module):
         self.level_names = level_names
         self.anchor_generator = AnchorGenerator(
             strides=strides, sizes=config.anchor_sizes, aspect_ratios=config.aspect_ratios,
-            round_corners=config.round_anchors, offset=config.anchor_offset,
+            round_corners=config.round_anchors, arithmetic=config.anchor_arithmetic, offset=config.anchor_offset,
             strides_from_grid=config.strides_from_grid)
         self.head = RPNHead(in_channels, self.anchor_generator.num_anchors, num_convs=config.num_convs)
 
@@ -105,5 +105,8 @@ class RPN(nn.Module):
         levels = torch.cat(levels)
         keep = nonempty(boxes, cfg.min_proposal_size) & torch.isfinite(scores)
         boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
-        keep = batched_nms(boxes, scores, levels, cfg.nms_threshold)[:post_k]
+        # Ranking by probability ties every logit above ~17 at 1.0, and NMS then keeps tied boxes
+        # in another order than by logit: the setting says which the checkpoint's library used.
+        ranking = scores.sigmoid() if cfg.nms_score == "probability" else scores
+        keep = batched_nms(boxes, ranking, levels, cfg.nms_threshold)[:post_k]
         return Proposals(boxes=boxes[keep], objectness=scores[keep])
