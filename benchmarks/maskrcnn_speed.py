@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segfpn.evaluation.agreement import MASK_THRESHOLD, Tolerances, compare_detections
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
 DEFAULT_IMAGES = ("astronaut.png", "cyclists_33823288584.jpg", "dogs_people_16004479832.jpg",
@@ -42,7 +44,7 @@ COCO_CHECKPOINT = "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
 #: A trained model that ships with the repo, for low-precision parity with trained weights.
 BUNDLED_MODEL = ROOT / "weights" / "synthetic_panoptic_fpn.safetensors"
 ALL_DETECTIONS = {"box_head": {"score_threshold": 0.0}}
-PARITY = {"box_iou": 0.99, "score_atol": 1e-3, "mask_iou": 0.98}
+PARITY = Tolerances(box_iou=0.99, score_atol=1e-3, mask_iou=0.98)
 #: FLOP/s of the conv used to define the floor: 3x3, 256 -> 256 channels, on a 200x200 map (p2 of 800x800).
 FLOOR_CONV = (256, 200)
 
@@ -241,7 +243,7 @@ class TorchvisionRunner:
         with torch.inference_mode():
             x = torch.from_numpy(image).to(self.device).permute(2, 0, 1).float() / 255.0
             out = self.model([x])[0]
-            masks = (out["masks"][:, 0] > 0.5).cpu().numpy()
+            masks = (out["masks"][:, 0] >= MASK_THRESHOLD).cpu().numpy()
         return {"boxes": out["boxes"].cpu().numpy(), "scores": out["scores"].cpu().numpy(),
                 "labels": out["labels"].cpu().numpy(), "masks": masks}
 
@@ -286,18 +288,12 @@ class SegfpnRunner:
                                  # (coarse_logits); the labels are upsampled in its postprocessing.
                                  "semantic_head": semantic.branches["p2"] if semantic else None,
                                  "semantic_predictor": semantic.predictor if semantic else None}, self.sync)
-        self.mask_probs = None
-        m.roi_heads.register_forward_hook(self._keep_mask_probs)
-
-    def _keep_mask_probs(self, module, inputs, outputs):
-        self.mask_probs = outputs[0].mask_probs.float().cpu().numpy()
 
     def __call__(self, image: np.ndarray) -> dict:
         result = self.predictor.predict(image)
         inst = result.instances
-        out = {"boxes": inst.boxes, "scores": inst.scores, "labels": inst.labels + 1, "masks": inst.masks}
-        if self.mask_probs is not None and len(self.mask_probs) == len(inst.boxes):
-            out["mask_probs"] = self.mask_probs
+        out = {"boxes": inst.boxes, "scores": inst.scores, "labels": inst.labels + 1, "masks": np.asarray(inst.masks),
+               "mask_probs": inst.mask_probs}
         if result.panoptic is not None:
             out["segment_ids"] = result.panoptic.segment_ids
         return out
@@ -474,78 +470,15 @@ def load_outputs(path: Path) -> dict:
     return data
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
-
-
-def paste_box(boxes: np.ndarray, mask_size: int = 28) -> np.ndarray:
-    """The integer boxes torchvision pastes 28x28 masks into (grown by 30/28, truncated)."""
-    boxes = boxes.astype(np.float32)
-    scale = np.float32((mask_size + 2.0) / mask_size)
-    half_w = (boxes[:, 2] - boxes[:, 0]) * np.float32(0.5) * scale
-    half_h = (boxes[:, 3] - boxes[:, 1]) * np.float32(0.5) * scale
-    cx = (boxes[:, 2] + boxes[:, 0]) * np.float32(0.5)
-    cy = (boxes[:, 3] + boxes[:, 1]) * np.float32(0.5)
-    return np.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), axis=1).astype(np.int64)
-
-
-def pasted_in_box(mask_probs: np.ndarray, box: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """Our 28x28 mask probabilities pasted (torchvision's way) into ``box`` instead of ours."""
-    import torch
-
-    from segfpn.model.mask_head import paste_masks
-
-    probs = torch.from_numpy(mask_probs[None].astype(np.float32))
-    return paste_masks(probs, torch.from_numpy(box[None].astype(np.float32)), image_size, method="box_resize",
-                       threshold=0.5)[0].numpy()
+def _or(value, default):
+    """``value``, or ``default`` where a comparison had no detection to measure."""
+    return default if value is None else value
 
 
 def parity(reference: dict, ours: dict) -> dict:
-    """Match every reference detection to ours (same class, best box IoU) and measure the match.
-
-    ``matched``: the strict rules. ``rounding``: detections that pass the box and score rules and
-    whose masks differ only because torchvision's paste truncates the grown box to whole pixels
-    and the two (nearly equal) boxes fall on either side of an integer: our 28x28 mask pasted into
-    torchvision's box has mask IoU >= 0.98. ``loose``: same class and box IoU >= 0.5 (for bf16,
-    whose features differ).
-    """
-    n = len(reference["scores"])
-    if n == 0:
-        return {"detections": 0, "ours": int(len(ours["scores"])), "matched": 0, "rounding": 0, "loose": 0,
-                "ok": len(ours["scores"]) == 0}
-    if len(ours["scores"]) == 0:
-        return {"detections": n, "ours": 0, "matched": 0, "rounding": 0, "loose": 0, "ok": False}
-    iou = box_iou(reference["boxes"], ours["boxes"]) * (reference["labels"][:, None] == ours["labels"][None, :])
-    match = iou.argmax(axis=1)
-    best = iou[np.arange(n), match]
-    score_diff = np.abs(ours["scores"][match] - reference["scores"])
-    ref_masks, our_masks = reference["masks"], ours["masks"][match]
-    inter = (ref_masks & our_masks).sum(axis=(1, 2))
-    union = (ref_masks | our_masks).sum(axis=(1, 2))
-    mask_iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    box_ok = (best >= PARITY["box_iou"]) & (score_diff <= PARITY["score_atol"])
-    matched = box_ok & (mask_iou >= PARITY["mask_iou"])
-    rounding = np.zeros(n, dtype=bool)
-    moved_box = np.any(paste_box(reference["boxes"]) != paste_box(ours["boxes"][match]), axis=1)
-    if "mask_probs" in ours:
-        for i in np.nonzero(box_ok & ~matched & moved_box)[0]:
-            repasted = pasted_in_box(ours["mask_probs"][match[i]], reference["boxes"][i], ref_masks.shape[1:])
-            union_i = (repasted | ref_masks[i]).sum()
-            rounding[i] = union_i == 0 or (repasted & ref_masks[i]).sum() / union_i >= PARITY["mask_iou"]
-    loose = best >= 0.5
-    return {"detections": n, "ours": int(len(ours["scores"])), "matched": int(matched.sum()),
-            "rounding": int(rounding.sum()), "loose": int(loose.sum()),
-            "min_box_iou": float(best.min()), "max_score_diff": float(score_diff.max()),
-            "min_mask_iou": float(mask_iou.min()), "median_mask_iou": float(np.median(mask_iou)),
-            "loose_median_score_diff": float(np.median(score_diff[loose])) if loose.any() else None,
-            "loose_median_mask_iou": float(np.median(mask_iou[loose])) if loose.any() else None,
-            "ok": bool((matched | rounding).all()) and len(ours["scores"]) == n}
+    """Every reference detection matched to ours: :func:`segfpn.evaluation.agreement.compare_detections`
+    with the tests' tolerances (masks binarised with >= 0.5 on both sides)."""
+    return compare_detections(reference, ours, tolerances=PARITY).to_dict()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,7 +508,8 @@ def trained_low_precision(precision: str, device: str, num_images: int, workdir:
         def predict(path, predictor=predictor, results=results):
             result = predictor.predict(path)
             inst = result.instances
-            results.append({"boxes": inst.boxes, "scores": inst.scores, "labels": inst.labels, "masks": inst.masks})
+            results.append({"boxes": inst.boxes, "scores": inst.scores, "labels": inst.labels,
+                            "masks": np.asarray(inst.masks)})
             return result
 
         predictor_view = type("RecordingPredictor", (), {"predict": staticmethod(predict)})()
@@ -593,16 +527,16 @@ def print_trained_low_precision(figures: dict) -> None:
     total = sum(x["detections"] for x in p)
     strict = sum(x["matched"] for x in p)
     loose = sum(x["loose"] for x in p)
-    ious = [x["median_mask_iou"] for x in p if "median_mask_iou" in x]
+    ious = [x["median_mask_iou"] for x in p if x["median_mask_iou"] is not None]
     print(f"\n== {low} on a trained model: {BUNDLED_MODEL.relative_to(ROOT)}, {figures['images']} held-out "
           f"synthetic images")
     for name in ("fp32", low):
         print(f"  {name:5} PQ {100 * m[name]['PQ']:.1f}, mask AP {100 * m[name]['mask_AP']:.1f}, "
               f"box AP {100 * m[name]['box_AP']:.1f}")
     print(f"  {low} vs fp32 detections: {strict}/{total} matched by the fp32 parity rules, {loose}/{total} same class "
-          f"and box IoU >= 0.5; mask IoU min {min(x.get('min_mask_iou', 1) for x in p):.3f} / "
+          f"and box IoU >= 0.5; mask IoU min {min(_or(x['min_mask_iou'], 1) for x in p):.3f} / "
           f"median {np.median(ious) if ious else 1:.3f}; max score diff "
-          f"{max(x.get('max_score_diff', 0) for x in p):.1e}")
+          f"{max(_or(x['max_score_diff'], 0) for x in p):.1e}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -722,16 +656,16 @@ def print_figures(figures: dict, args, image_names: list[str]) -> None:
             continue
         p = impls[name]["parity"]
         total = sum(x["detections"] for x in p)
-        matched, rounding = sum(x["matched"] for x in p), sum(x["rounding"] for x in p)
+        matched, rounding = sum(x["matched"] for x in p), sum(x["paste_rounding"] for x in p)
         status = "PASS" if all(x["ok"] for x in p) else "FAIL"
         print(f"parity {name}: {matched}/{total} torchvision detections matched"
               + (f", {rounding} more whose paste box rounds to another pixel (our mask pasted in "
                  f"torchvision's box matches)" if rounding else "")
               + f" (detections per image: {', '.join(str(x['ours']) for x in p)}); "
-              f"min box IoU {min(x.get('min_box_iou', 1) for x in p):.4f}, "
-              f"max score diff {max(x.get('max_score_diff', 0) for x in p):.1e}, "
-              f"mask IoU min {min(x.get('min_mask_iou', 1) for x in p):.4f} / "
-              f"median {np.median([x.get('median_mask_iou', 1) for x in p]):.4f} -> {status}")
+              f"min box IoU {min(_or(x['min_box_iou'], 1) for x in p):.4f}, "
+              f"max score diff {max(_or(x['max_score_diff'], 0) for x in p):.1e}, "
+              f"mask IoU min {min(_or(x['min_mask_iou'], 1) for x in p):.4f} / "
+              f"median {np.median([_or(x['median_mask_iou'], 1) for x in p]):.4f} -> {status}")
         if status == "FAIL" or "bf16" in name or "fp16" in name:
             loose = sum(x["loose"] for x in p)
             diffs = [x["loose_median_score_diff"] for x in p if x.get("loose_median_score_diff") is not None]

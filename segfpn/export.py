@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from segfpn.structures import Instances, PanopticSegmentation
+from segfpn.structures import InstanceMasks, Instances, PanopticSegmentation
 
 logger = logging.getLogger(__name__)
 
@@ -32,22 +32,50 @@ logger = logging.getLogger(__name__)
 MAX_PANOPTIC_ID = 256**3 - 1
 
 
-def encode_masks(masks: np.ndarray) -> list[dict]:
-    """Compressed RLEs of binary masks.
+def encode_masks(masks: InstanceMasks | np.ndarray) -> list[dict]:
+    """Compressed RLEs of binary masks, without making a full frame of any of them.
 
-    masks: bool or uint8 [N, H, W]. Returns N dicts ``{"size": [H, W], "counts": str}``
-    (``counts`` decoded from bytes so the dicts are JSON-serialisable).
+    masks: :class:`~segfpn.structures.InstanceMasks`, or bool [N, H, W]. Returns N dicts
+    ``{"size": [H, W], "counts": str}`` (``counts`` decoded from bytes so the dicts are
+    JSON-serialisable), equal to pycocotools' ``encode`` of the full frames.
     """
-    masks = np.asarray(masks)
-    if masks.ndim != 3:
-        raise ValueError(f"masks must be [N, H, W], got shape {masks.shape}")
-    if masks.shape[0] == 0:
-        return []
-    # pycocotools wants uint8 [H, W, N] in Fortran (column-major) order.
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    for rle in rles:
+    if not isinstance(masks, InstanceMasks):
+        masks = np.asarray(masks)
+        if masks.ndim != 3:
+            raise ValueError(f"masks must be [N, H, W], got shape {masks.shape}")
+        masks = InstanceMasks.from_array(masks.astype(bool, copy=False))
+    h, w = masks.image_size
+    rles = []
+    for crop, region in zip(masks.crops, masks.regions.tolist()):
+        rle = mask_utils.frPyObjects({"size": [h, w], "counts": _run_lengths(crop, region, (h, w))}, h, w)
         rle["counts"] = rle["counts"].decode("ascii")
+        rles.append(rle)
     return rles
+
+
+def _run_lengths(crop: np.ndarray, region: list[int], image_size: tuple[int, int]) -> list[int]:
+    """COCO's uncompressed RLE counts of a mask held as ``crop`` in ``region`` (y0, y1, x0, x1):
+    runs of 0s and 1s, alternating and starting with 0s, over the pixels in column-major order.
+    Only the columns the region spans are laid out; those left and right of it are all 0s."""
+    h, w = image_size
+    y0, y1, x0, x1 = region
+    if y1 <= y0 or x1 <= x0 or not crop.any():
+        return [h * w]
+    columns = np.zeros((x1 - x0, h), dtype=np.uint8)
+    columns[:, y0:y1] = crop.T
+    flat = columns.ravel()
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate(([0], changes, [flat.size]))).tolist()
+    if flat[0]:
+        runs.insert(0, 0)
+    runs[0] += x0 * h
+    trailing = (w - x1) * h
+    if flat[-1]:
+        if trailing:
+            runs.append(trailing)
+    else:
+        runs[-1] += trailing
+    return runs
 
 
 def instances_to_coco_results(instances: Instances, image_id: int) -> list[dict]:
@@ -55,15 +83,15 @@ def instances_to_coco_results(instances: Instances, image_id: int) -> list[dict]
 
     ``instances.boxes`` (float32 [N, 4] xyxy, original-image px) become ``bbox`` [x, y, w, h]
     floats; ``category_id`` is the COCO id ``instances.category_ids[label]``; ``segmentation`` is
-    the compressed RLE of ``instances.masks`` (bool [N, H, W]) with ``counts`` as str.
+    the compressed RLE of each of ``instances.masks`` with ``counts`` as str.
     """
     n = len(instances)
     if n == 0:
         return []
     boxes = np.asarray(instances.boxes, dtype=np.float64).reshape(n, 4)
-    masks = np.asarray(instances.masks)
-    if masks.shape[0] != n:
-        raise ValueError(f"instances have {n} scores but {masks.shape[0]} masks")
+    masks = instances.masks
+    if len(masks) != n:
+        raise ValueError(f"instances have {n} scores but {len(masks)} masks")
     num_classes = len(instances.category_ids)
     rles = encode_masks(masks)
     results = []

@@ -21,7 +21,8 @@ from segfpn.model.fusion import fuse_panoptic
 from segfpn.model.optimize import keep_freed_memory, optimize_for_inference
 from segfpn.model.postprocess import ImageInstances, postprocess_instances, semantic_labels_to_image
 from segfpn.model.preprocess import preprocess
-from segfpn.structures import Instances, PanopticSegmentation, Result, Segment, SemanticSegmentation
+from segfpn.structures import (InstanceMasks, Instances, PanopticSegmentation, Result, Segment,
+                               SemanticSegmentation)
 
 logger = logging.getLogger(__name__)
 
@@ -157,15 +158,18 @@ class Predictor:
             scores=inst.scores.float().cpu().numpy().astype(np.float32),
             labels=inst.labels.cpu().numpy().astype(np.int64),
             class_names=[c.name for c in things], category_ids=[c.id for c in things],
-            masks=inst.masks.cpu().numpy(), levels=inst.levels.cpu().numpy().astype(np.int64),
-            box_levels=inst.box_levels.cpu().numpy().astype(np.int64))
+            masks=InstanceMasks(crops=[crop.cpu().numpy() for crop in inst.mask_crops],
+                                regions=inst.mask_regions.cpu().numpy(), image_size=image_size),
+            levels=inst.levels.cpu().numpy().astype(np.int64),
+            box_levels=inst.box_levels.cpu().numpy().astype(np.int64),
+            mask_probs=inst.mask_probs.float().cpu().numpy())
         semantic = panoptic = None
         if outputs.semantic_logits is not None:
             labels = semantic_labels_to_image(outputs.semantic_logits[index:index + 1], input_size, image_size,
                                               upsample=outputs.semantic_stride)
             stuff = self.categories.stuff
             semantic = SemanticSegmentation(
-                labels=labels.cpu().numpy().astype(np.uint8 if len(stuff) <= 256 else np.int32),
+                labels=labels.cpu().numpy(),
                 class_names=[c.name for c in stuff], category_ids=[c.id for c in stuff])
             panoptic = self.fuse(inst, labels, instances)
         features = None
@@ -180,11 +184,11 @@ class Predictor:
         cfg = self.config.panoptic
         stuff = self.categories.stuff
         things_label = next((i for i, c in enumerate(stuff) if c.isthing), None)
-        segment_ids, fused = fuse_panoptic(inst.masks, inst.scores.float(), semantic_labels,
+        segment_ids, fused = fuse_panoptic(inst.mask_crops, inst.mask_regions, inst.scores.float(), semantic_labels,
                                            overlap_threshold=cfg.overlap_threshold,
                                            stuff_area_threshold=cfg.stuff_area_threshold,
                                            instance_score_threshold=cfg.instance_score_threshold,
-                                           things_label=things_label, regions=inst.mask_regions)
+                                           things_label=things_label)
         segments = []
         for s in fused:
             if s.isthing:

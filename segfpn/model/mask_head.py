@@ -35,33 +35,39 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int,
                 threshold: float) -> torch.Tensor:
     """Paste [N, M, M] mask probabilities into bool [N, H, W] at ``boxes`` [N, 4] (xyxy, image px).
 
-    "box_resize": the mask, padded by one cell, is resized to its box rounded to integers
-    (torchvision). "grid_sample": the mask is sampled bilinearly at every pixel centre of the
-    box plus a one-pixel margin (detectron2 on CPU). Pixels are ``>= threshold``.
-
-    Only each box's region is computed and written; no full-image float mask is made.
+    Full frames of :func:`paste_mask_crops` (which the model uses: it never makes N x H x W).
     """
-    return paste_masks_with_regions(masks, boxes, image_size, method=method, threshold=threshold)[0]
+    crops, regions = paste_mask_crops(masks, boxes, image_size, method=method, threshold=threshold)
+    out = torch.zeros((len(crops), *image_size), dtype=torch.bool, device=masks.device)
+    for i, (crop, (y0, y1, x0, x1)) in enumerate(zip(crops, regions.tolist())):
+        out[i, y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
+    return out
 
 
-def paste_masks_with_regions(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], *,
-                             method: str, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`paste_masks`, and int64 [N, 4] (y0, y1, x0, x1): the half-open region of the image
-    each mask was written in (every pixel outside it is False; empty when y1 <= y0)."""
-    h, w = image_size
-    out = torch.zeros((masks.shape[0], h, w), dtype=torch.bool, device=masks.device)
+def paste_mask_crops(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], *, method: str,
+                     threshold: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Paste [N, M, M] mask probabilities at ``boxes`` [N, 4] (xyxy, image px) of an image of
+    ``image_size`` (H, W), keeping each mask only inside the region it is written in.
+
+    "box_resize": the mask, padded by one cell, is resized to its box grown by (M + 2) / M and
+    truncated to integers (torchvision). "grid_sample": the mask is sampled bilinearly at every
+    pixel centre of the box plus a one-pixel margin (detectron2 on CPU). Pixels are
+    ``>= threshold``.
+
+    Returns (crops, regions): regions int64 [N, 4] (y0, y1, x0, x1), half-open and clipped to
+    the image (every pixel outside is False); crops[i] bool [y1 - y0, x1 - x0] (empty when the
+    region is).
+    """
     if masks.shape[0] == 0:
-        return out, torch.zeros((0, 4), dtype=torch.int64, device=masks.device)
+        return [], torch.zeros((0, 4), dtype=torch.int64, device=masks.device)
     if method == "box_resize":
-        regions = _paste_box_resize(masks.float(), boxes.float(), out, threshold)
-    elif method == "grid_sample":
-        regions = _paste_grid_sample(masks.float(), boxes.float(), out, threshold)
-    else:
-        raise ValueError(f"unknown paste method {method!r}; expected box_resize or grid_sample")
-    return out, regions
+        return _paste_box_resize(masks.float(), boxes.float(), image_size, threshold)
+    if method == "grid_sample":
+        return _paste_grid_sample(masks.float(), boxes.float(), image_size, threshold)
+    raise ValueError(f"unknown paste method {method!r}; expected box_resize or grid_sample")
 
 
-def _box_resize_boxes(boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
+def box_resize_boxes(boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
     """int64 [N, 4] (x0, y0, x1, y1), inclusive integer boxes that torchvision resizes each mask
     into: the box grown by (M + 2) / M around its centre (the mask's one-cell padding), truncated."""
     scale = (mask_size + 2.0) / mask_size
@@ -72,23 +78,26 @@ def _box_resize_boxes(boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
     return torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=1).to(torch.int64)
 
 
-def _paste_box_resize(masks: torch.Tensor, boxes: torch.Tensor, out: torch.Tensor, threshold: float) -> torch.Tensor:
+def _paste_box_resize(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int],
+                      threshold: float) -> tuple[list[torch.Tensor], torch.Tensor]:
     # One bilinear resize per mask, to its own box size: that is torchvision's arithmetic, which
     # a batched resize to a common size would round differently. Only the box is resized and
-    # only its part inside the image is written.
-    ih, iw = out.shape[-2:]
-    boxes = _box_resize_boxes(boxes, masks.shape[-1])
-    # The written regions: each integer box (inclusive) clipped to the image.
+    # only its part inside the image is kept.
+    ih, iw = image_size
+    boxes = box_resize_boxes(boxes, masks.shape[-1])
+    # The regions: each integer box (inclusive) clipped to the image.
     regions = torch.stack((boxes[:, 1].clamp(min=0), (boxes[:, 3] + 1).clamp(max=ih),
                            boxes[:, 0].clamp(min=0), (boxes[:, 2] + 1).clamp(max=iw)), dim=1)
     padded = F.pad(masks, (1, 1, 1, 1))[:, None]
+    crops = []
     for i, ((x0, y0, x1, y1), (cy0, cy1, cx0, cx1)) in enumerate(zip(boxes.tolist(), regions.tolist())):
         if cx1 <= cx0 or cy1 <= cy0:
+            crops.append(torch.zeros((max(cy1 - cy0, 0), max(cx1 - cx0, 0)), dtype=torch.bool, device=masks.device))
             continue
         size = (max(y1 - y0 + 1, 1), max(x1 - x0 + 1, 1))
         resized = F.interpolate(padded[i:i + 1], size=size, mode="bilinear", align_corners=False)[0, 0]
-        torch.ge(resized[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0], threshold, out=out[i, cy0:cy1, cx0:cx1])
-    return regions
+        crops.append(resized[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] >= threshold)
+    return crops, regions
 
 
 def _grid_sample_ranges(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
@@ -106,15 +115,17 @@ def _grid_sample_ranges(boxes: torch.Tensor, image_size: tuple[int, int]) -> tor
 PASTE_CHUNK_PIXELS = 1 << 22
 
 
-def _paste_grid_sample(masks: torch.Tensor, boxes: torch.Tensor, out: torch.Tensor, threshold: float) -> torch.Tensor:
+def _paste_grid_sample(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int],
+                       threshold: float) -> tuple[list[torch.Tensor], torch.Tensor]:
     # grid_sample computes each output pixel from its own grid point, so masks can share one call:
     # every region is padded to the largest of its chunk, and the padding is discarded.
-    regions = _grid_sample_ranges(boxes, tuple(out.shape[-2:]))
+    regions = _grid_sample_ranges(boxes, image_size)
     heights = (regions[:, 3] - regions[:, 1]).clamp(min=0)
     widths = (regions[:, 2] - regions[:, 0]).clamp(min=0)
+    hw = torch.stack((heights, widths), dim=1).tolist()
+    crops = [torch.zeros((h, w), dtype=torch.bool, device=masks.device) for h, w in hw]
     order = torch.argsort(heights * widths, descending=True)
     order = order[(heights[order] > 0) & (widths[order] > 0)].tolist()
-    hw = torch.stack((heights, widths), dim=1).tolist()
     start = 0
     while start < len(order):
         # Masks sorted by area; grow the chunk while its padded size stays in budget.
@@ -128,13 +139,17 @@ def _paste_grid_sample(masks: torch.Tensor, boxes: torch.Tensor, out: torch.Tens
             max_h, max_w, end = new_h, new_w, end + 1
         indices = order[start:end]
         chunk = torch.tensor(indices, device=masks.device)
-        _sample_chunk(masks[chunk], boxes[chunk], regions[chunk], indices, [hw[i] for i in indices],
-                      (max_h, max_w), out, threshold)
+        sampled = _sample_chunk(masks[chunk], boxes[chunk], regions[chunk], (max_h, max_w), threshold)
+        for j, i in enumerate(indices):
+            h, w = hw[i]
+            crops[i] = sampled[j, :h, :w].clone()
         start = end
-    return regions[:, [1, 3, 0, 2]]
+    return crops, regions[:, [1, 3, 0, 2]]
 
 
-def _sample_chunk(masks, boxes, regions, indices, sizes, padded_size, out, threshold) -> None:
+def _sample_chunk(masks: torch.Tensor, boxes: torch.Tensor, regions: torch.Tensor, padded_size: tuple[int, int],
+                  threshold: float) -> torch.Tensor:
+    """bool [n, max_h, max_w]: each mask sampled on its region (x0, y0, x1, y1), padded."""
     max_h, max_w = padded_size
     device = masks.device
     # Pixel centres (+0.5) of every region, in each box's normalised [-1, 1] frame, computed
@@ -144,8 +159,6 @@ def _sample_chunk(masks, boxes, regions, indices, sizes, padded_size, out, thres
     x0, y0, x1, y1 = boxes[:, 0:1], boxes[:, 1:2], boxes[:, 2:3], boxes[:, 3:4]
     gy = (ys - y0) / (y1 - y0) * 2 - 1
     gx = (xs - x0) / (x1 - x0) * 2 - 1
-    n = len(indices)
+    n = len(masks)
     grid = torch.stack((gx[:, None, :].expand(n, max_h, max_w), gy[:, :, None].expand(n, max_h, max_w)), dim=3)
-    sampled = F.grid_sample(masks[:, None], grid, align_corners=False)[:, 0] >= threshold
-    for j, (i, (h, w), (rx0, ry0)) in enumerate(zip(indices, sizes, regions[:, :2].tolist())):
-        out[i, ry0:ry0 + h, rx0:rx0 + w] = sampled[j, :h, :w]
+    return F.grid_sample(masks[:, None], grid, align_corners=False)[:, 0] >= threshold

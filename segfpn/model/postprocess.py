@@ -10,23 +10,26 @@ import torch.nn.functional as F
 from segfpn.config import MaskHeadConfig
 from segfpn.model.boxes import clip_boxes, nonempty
 from segfpn.model.roi_heads import InstanceOutputs
-from segfpn.model.mask_head import paste_masks_with_regions
+from segfpn.model.mask_head import paste_mask_crops
 from segfpn.model.semantic_head import upsample_logits
 
 
 @dataclass
 class ImageInstances:
-    """Detections in original-image pixels: boxes float32 [N, 4] xyxy, masks bool [N, H, W];
-    mask_regions int64 [N, 4] (y0, y1, x0, x1), a half-open box outside which each mask is empty;
-    the rest as in :class:`InstanceOutputs`."""
+    """Detections in original-image pixels: boxes float32 [N, 4] xyxy; the masks as
+    ``mask_crops`` (bool [y1 - y0, x1 - x0] each) inside ``mask_regions`` int64 [N, 4]
+    (y0, y1, x0, x1), half-open, every pixel outside them False (see
+    :func:`~segfpn.model.mask_head.paste_mask_crops`); mask_probs float32 [N, M, M] before
+    pasting; the rest as in :class:`InstanceOutputs`."""
 
     boxes: torch.Tensor
     scores: torch.Tensor
     labels: torch.Tensor
-    masks: torch.Tensor
+    mask_crops: list[torch.Tensor] = field(repr=False)
+    mask_regions: torch.Tensor = field(repr=False)
+    mask_probs: torch.Tensor = field(repr=False)
     levels: torch.Tensor
     box_levels: torch.Tensor
-    mask_regions: torch.Tensor | None = field(default=None, repr=False)
 
 
 def rescale_boxes(boxes: torch.Tensor, input_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
@@ -48,9 +51,9 @@ def postprocess_instances(outputs: InstanceOutputs, input_size: tuple[int, int],
                   levels=outputs.levels, box_levels=outputs.box_levels)
     if keep is not None:
         fields = {k: v[keep] for k, v in fields.items()}
-    masks, regions = paste_masks_with_regions(fields.pop("mask_probs"), fields["boxes"], output_size,
-                                              method=config.paste_method, threshold=config.mask_threshold)
-    return ImageInstances(masks=masks, mask_regions=regions, **fields)
+    crops, regions = paste_mask_crops(fields["mask_probs"], fields["boxes"], output_size,
+                                      method=config.paste_method, threshold=config.mask_threshold)
+    return ImageInstances(mask_crops=crops, mask_regions=regions, **fields)
 
 
 def semantic_logits_to_image(logits: torch.Tensor, input_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
@@ -65,31 +68,51 @@ def semantic_logits_to_image(logits: torch.Tensor, input_size: tuple[int, int], 
     return resized if batched else resized[0]
 
 
-#: Classes brought to full resolution at a time by :func:`semantic_labels_to_image` (a multiple
-#: of the CPU's vector width, so each class is computed exactly as in one whole-tensor call).
+#: Most classes brought to full resolution at once by :func:`semantic_labels_to_image` (a
+#: multiple of the CPU's vector width, so each class is computed exactly as in one whole-tensor
+#: call), and the bytes those full-resolution logits may take: a large image gets fewer classes
+#: per pass (32 up to 3 megapixels, 2 at 24 megapixels).
 SEMANTIC_CLASSES_PER_PASS = 32
+SEMANTIC_PASS_BYTES = 384 << 20
+#: The vector width above, in float32 lanes: passes of a multiple of it are bit-exact.
+_VECTOR_LANES = 16
+
+
+def semantic_classes_per_pass(output_size: tuple[int, int], num_classes: int) -> int:
+    """Classes per pass for an output of ``output_size`` (H, W): as many as the byte budget
+    allows, at most :data:`SEMANTIC_CLASSES_PER_PASS`, a multiple of 16 when 16 or more."""
+    per_class = 4 * max(output_size[0] * output_size[1], 1)
+    classes = max(1, min(SEMANTIC_CLASSES_PER_PASS, num_classes, SEMANTIC_PASS_BYTES // per_class))
+    return classes - classes % _VECTOR_LANES if classes >= _VECTOR_LANES else classes
 
 
 def semantic_labels_to_image(logits: torch.Tensor, input_size: tuple[int, int], output_size: tuple[int, int], *,
                              upsample: int = 1) -> torch.Tensor:
-    """int64 [H, W]: the class of highest logit at every pixel of the original image.
+    """[H, W] class of highest logit at every pixel of the original image: uint8 when there are
+    at most 256 classes, int32 otherwise.
 
     logits: [1, S, h, w], one image's logits on the padded input divided by ``upsample``. The
     logits are upsampled (bilinear, as the semantic head's last step), cropped to ``input_size``
     and resized to ``output_size`` (:func:`semantic_logits_to_image`), a few classes at a time
-    with a running maximum, so that the full-resolution logits of every class (~140 MB for 54
-    classes at 800x800) never exist at once. Channels-last: a pixel's class scores side by side
-    make the resize and the maximum 3-4x faster than over [S, H, W] planes.
+    with a running maximum (:func:`semantic_classes_per_pass`), so that the full-resolution
+    logits of every class (~140 MB for 54 classes at 800x800, 5 GB at 6000x4000) never exist at
+    once. Channels-last: a pixel's class scores side by side make the resize and the maximum
+    3-4x faster than over [S, H, W] planes.
     """
+    num_classes = logits.shape[1]
+    per_pass = semantic_classes_per_pass(output_size, num_classes)
+    label_dtype = torch.uint8 if num_classes <= 256 else torch.int32
     best = labels = None
-    for first in range(0, logits.shape[1], SEMANTIC_CLASSES_PER_PASS):
-        part = logits[:, first:first + SEMANTIC_CLASSES_PER_PASS].float().contiguous(memory_format=torch.channels_last)
+    for first in range(0, num_classes, per_pass):
+        part = logits[:, first:first + per_pass].float().contiguous(memory_format=torch.channels_last)
         part = semantic_logits_to_image(upsample_logits(part, upsample), input_size, output_size)
         value, index = part.max(dim=1)
+        del part
+        index = index.to(label_dtype)
         if best is None:
             best, labels = value, index
         else:
             higher = value > best  # ties keep the lower class, as argmax does
-            best = torch.where(higher, value, best)
-            labels = torch.where(higher, index + first, labels)
+            torch.where(higher, value, best, out=best)
+            torch.where(higher, index + first, labels, out=labels)
     return labels[0]

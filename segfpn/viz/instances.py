@@ -10,7 +10,7 @@ from segfpn.structures import Instances
 from segfpn.viz.colors import RGB, instance_colors
 from segfpn.viz.primitives import (as_rgb_image, check_alpha, check_masks, dim_, draw_box_,
                                    draw_label_, fill_mask_, label_rect_for_box, line_thickness,
-                                   mask_bounds, outline_mask_, text_style)
+                                   outline_mask_, text_style)
 
 
 def visible_indices(instances: Instances, *, score_threshold: float = 0.5,
@@ -46,7 +46,7 @@ def draw_instances(image_rgb: np.ndarray, instances: Instances, *, score_thresho
                    highlight: int | None = None, font_scale: float | None = None) -> np.ndarray:
     """Draw detections over an image.
 
-    image_rgb: uint8 [H, W, 3]; ``instances.masks`` must be bool [N, H, W] at the same size.
+    image_rgb: uint8 [H, W, 3]; ``instances.masks`` must be masks of an image of the same size.
     Returns a new uint8 [H, W, 3] image; the input is not modified.
 
     Detections with ``score < score_threshold`` or a class not in ``classes`` are left out.
@@ -80,15 +80,15 @@ def draw_instances(image_rgb: np.ndarray, instances: Instances, *, score_thresho
         width = thickness * 2 if emphasis else thickness
         if show_masks:
             for i in indices:
-                mask = instances.masks[i]
-                bounds = mask_bounds(mask)
+                # Each mask drawn within its region only: no full frame per mask.
+                bounds = instances.masks.bounds(i)
                 if bounds is None:
                     continue
+                crop = instances.masks.crops[i]
                 color = tuple(int(v) for v in palette[i])
-                fill_mask_(out, mask, color, alpha, source=image if emphasis else None,
-                           bounds=bounds)
+                fill_mask_(out[bounds], crop, color, alpha, source=image[bounds] if emphasis else None)
                 if show_contours:
-                    outline_mask_(out, mask, color, width, bounds=bounds)
+                    outline_mask_(out[bounds], crop, color, width)
         if show_boxes:
             for i in indices:
                 draw_box_(out, instances.boxes[i], tuple(int(v) for v in palette[i]), width)

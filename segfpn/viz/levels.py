@@ -139,7 +139,9 @@ def draw_levels(image_rgb: np.ndarray, instances: Instances, *, score_threshold:
     if mask_alpha > 0 and len(order):
         check_masks(instances.masks, (h, w))
         for i in order:
-            fill_mask_(out, instances.masks[i], level_color(levels[i], colors), mask_alpha)
+            bounds = instances.masks.bounds(i)
+            if bounds is not None:
+                fill_mask_(out[bounds], instances.masks.crops[i], level_color(levels[i], colors), mask_alpha)
     for i in order:
         draw_box_(out, instances.boxes[i], level_color(levels[i], colors), thickness)
     if show_labels:

@@ -1,7 +1,11 @@
-"""segfpn on detectron2's mini Panoptic FPN reproduces detectron2's own outputs, stage by stage.
+"""segfpn on detectron2's mini Panoptic FPN reproduces detectron2's own outputs, stage by stage,
+at every image size.
 
-Reference arrays: tests/data/d2_mini (made by the real detectron2, see its README). Tolerances are
-the ones the issue sets; the README reports what detectron2 itself varies by across thread counts.
+Reference arrays: tests/data/d2_mini (made by the real detectron2, see its README), three sizes with
+every stage stored. At further sizes (the fixture photos resized, to sizes nobody picked) the
+stages that detectron2 defines by formula are compared with its arithmetic
+(tests/detectron2_rules.py): the input size, the anchors and the level of every RoI. Tolerances
+are the ones the fixture's README suggests, from what detectron2 itself varies by.
 """
 
 import json
@@ -13,15 +17,22 @@ from PIL import Image
 from torchvision.ops import box_iou
 
 import segfpn
+from segfpn.evaluation.agreement import compare_detections, mask_iou
 from segfpn.evaluation.panoptic_quality import PanopticQuality
+from segfpn.model.fpn import PYRAMID_STRIDES
 from segfpn.model.postprocess import semantic_logits_to_image
 from segfpn.model.preprocess import preprocess
 
+import detectron2_rules
 from testdata import D2_MINI
 
 # The settings detectron2 ran with (README "Inference settings"): only these differ from the zoo.
 REFERENCE_OVERRIDES = {"box_head": {"score_threshold": 0.01}, "panoptic": {"instance_score_threshold": 0.6}}
-CASES = ["astronaut", "coffee_crop_301x517"]
+CASES = ["astronaut", "coffee", "coffee_crop_301x517"]
+#: (width, height) of the fixture photos resized: COCO's commonest sizes, a panorama, a tall strip,
+#: and seeded random sizes.
+FORMULA_SIZES = [(640, 427), (427, 640), (500, 375), (1333, 200), (300, 2000)]
+FORMULA_SIZES += [tuple(int(v) for v in np.random.default_rng(77 + i).integers(100, 2200, size=2)) for i in range(3)]
 
 
 @pytest.fixture(scope="module")
@@ -99,17 +110,19 @@ def test_detections_in_input_coordinates(case):
     np.testing.assert_allclose(det.mask_probs.numpy(), ref["det_mask_probs"], atol=1e-2)
 
 
-def test_final_instances(case):
-    _, ref, _, _, result = case
+def test_final_instances(case, parity_figures):
+    name, ref, _, _, result = case
     inst = result.instances
+    agreement = compare_detections(
+        {"boxes": ref["pred_boxes"], "scores": ref["scores"], "labels": ref["pred_classes"], "masks": ref["pred_masks"]},
+        {"boxes": inst.boxes, "scores": inst.scores, "labels": inst.labels, "masks": np.asarray(inst.masks)})
+    parity_figures("detectron2 mini", f"{ref['image_hw'][1]}x{ref['image_hw'][0]}", agreement.to_dict())
+    assert agreement.matched == 100, agreement
     assert len(inst) == len(ref["scores"]) == 100
     assert np.array_equal(inst.labels, ref["pred_classes"])
     np.testing.assert_allclose(inst.boxes, ref["pred_boxes"], atol=1e-2)
     np.testing.assert_allclose(inst.scores, ref["scores"], atol=1e-3)
-    inter = (inst.masks & ref["pred_masks"]).sum(axis=(1, 2))
-    union = (inst.masks | ref["pred_masks"]).sum(axis=(1, 2))
-    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    assert iou.min() >= 0.98
+    assert mask_iou(np.asarray(inst.masks), ref["pred_masks"]).min() >= 0.98
     assert set(np.unique(inst.levels)) <= {2, 3, 4, 5}
 
 
@@ -143,3 +156,31 @@ def test_panoptic_segments(case):
     pq = PanopticQuality([{"id": c, "isthing": t} for c, t in categories])
     pq.update(ref["panoptic_seg"], ref_segments, ours.segment_ids, our_segments)
     assert pq.summarize()["All"]["pq"] >= 0.98
+
+
+@pytest.mark.parametrize("size", FORMULA_SIZES, ids=[f"{w}x{h}" for w, h in FORMULA_SIZES])
+def test_stages_defined_by_formula_at_more_sizes(predictor, size):
+    ref = dict(np.load(D2_MINI / ("astronaut.npz" if FORMULA_SIZES.index(size) % 2 else "coffee.npz")))
+    image = np.asarray(Image.fromarray(ref["image_rgb"]).resize(size, Image.BILINEAR))
+    cfg = predictor.config
+    batch = preprocess([image], cfg.input)
+    resized = detectron2_rules.output_shape(size[1], size[0], cfg.input.min_size, cfg.input.max_size)
+    assert batch.image_sizes[0] == resized
+    assert batch.padded_size == tuple(-(-s // 32) * 32 for s in resized)
+    with torch.inference_mode():
+        outputs = predictor.model(batch)
+    # Anchors, on the grids the model's own pyramid has at this size.
+    grids = [tuple(outputs.pyramid[name].shape[-2:]) for name in PYRAMID_STRIDES]
+    anchors = predictor.model.rpn.anchor_generator(grids, batch.padded_size)
+    for grid, stride, size_px, ours in zip(grids, PYRAMID_STRIDES.values(), cfg.rpn.anchor_sizes, anchors):
+        cell = detectron2_rules.cell_anchors(size_px, cfg.rpn.aspect_ratios)
+        assert torch.equal(ours, detectron2_rules.grid_anchors(grid, stride, cfg.rpn.anchor_offset, cell))
+    # The level of every box RoI (proposals) and mask RoI (final boxes) the model pooled.
+    proposals = outputs.proposals[0].boxes
+    det = outputs.instances[0]
+    assert len(proposals) > 100 and len(det.boxes) > 10
+    rule = dict(min_level=cfg.pooler.min_level, max_level=cfg.pooler.max_level,
+                canonical_box_size=cfg.pooler.canonical_size, canonical_level=cfg.pooler.canonical_level)
+    _, box_levels = predictor.model.roi_heads.box_pooler(outputs.pyramid, [proposals])
+    assert torch.equal(box_levels, detectron2_rules.assign_levels(proposals, **rule))
+    assert torch.equal(det.levels, detectron2_rules.assign_levels(det.boxes, **rule))

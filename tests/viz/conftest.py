@@ -44,10 +44,12 @@ def image() -> np.ndarray:
 def instances() -> Instances:
     """Three non-overlapping detections, score-sorted: person 0.9 and cat 0.3 (masks fill their
     boxes), dog 0.7 (an ellipse inside its box, so a box-shaped fill would show)."""
-    inst = _make_instances(boxes=[[10, 10, 40, 30], [50, 35, 90, 60], [60, 5, 80, 20]],
-                           scores=[0.9, 0.7, 0.3], names=["person", "dog", "cat"],
-                           levels=[2, 3, 5])
+    boxes = [[10, 10, 40, 30], [50, 35, 90, 60], [60, 5, 80, 20]]
+    masks = np.zeros((3, H, W), dtype=bool)
+    for m, (x0, y0, x1, y1) in zip(masks, boxes):
+        m[y0:y1, x0:x1] = True
     ellipse = np.zeros((H, W), np.uint8)
     cv2.ellipse(ellipse, (70, 47), (19, 12), 0, 0, 360, 1, -1)
-    inst.masks[1] = ellipse.astype(bool)
-    return inst
+    masks[1] = ellipse.astype(bool)
+    return _make_instances(boxes=boxes, scores=[0.9, 0.7, 0.3], names=["person", "dog", "cat"], masks=masks,
+                           levels=[2, 3, 5])

@@ -1,3 +1,4 @@
+import dataclasses
 import time
 
 import numpy as np
@@ -37,7 +38,7 @@ def test_half_alpha_blends(image, instances):
 def test_pixels_outside_every_mask_are_unchanged(image, instances):
     out = draw_instances(image, instances, alpha=0.7, score_threshold=0.0, show_boxes=False,
                          show_labels=False, show_contours=True)
-    outside = ~instances.masks.any(axis=0)
+    outside = ~np.asarray(instances.masks).any(axis=0)
     np.testing.assert_array_equal(out[outside], image[outside])
     assert not np.array_equal(out, image)
 
@@ -47,7 +48,7 @@ def test_outline_is_drawn_inside_the_mask(image, instances):
                          show_labels=False)
     changed = (out != image).any(axis=-1)
     assert changed.any()
-    assert not (changed & ~instances.masks.any(axis=0)).any()
+    assert not (changed & ~np.asarray(instances.masks).any(axis=0)).any()
     # The border pixel of mask 0 (rows 10..29, cols 10..39) is outlined, its centre is not.
     assert (out[10, 20] == instance_colors(instances)[0]).all()
     np.testing.assert_array_equal(out[20, 25], image[20, 25])
@@ -128,7 +129,7 @@ def test_label_goes_above_the_box_when_there_is_room():
 
 def test_highlight_dims_everything_else(image, instances):
     out = draw_instances(image, instances, highlight=1, alpha=0.5, **MASK_ONLY)
-    outside = ~instances.masks.any(axis=0)
+    outside = ~np.asarray(instances.masks).any(axis=0)
     assert (out[outside].astype(int) <= image[outside].astype(int) * 0.4 + 1).all()
     dog = instances.masks[1]
     normal = draw_instances(image, instances, alpha=0.5, **MASK_ONLY)
@@ -147,9 +148,8 @@ def test_bad_inputs_give_clear_errors(image, instances):
         draw_instances(image.astype(np.float32), instances)
     with pytest.raises(ValueError, match="alpha"):
         draw_instances(image, instances, alpha=1.5)
-    instances.masks = instances.masks.astype(np.float32)
     with pytest.raises(ValueError, match="masks must be bool"):
-        draw_instances(image, instances)
+        dataclasses.replace(instances, masks=np.asarray(instances.masks).astype(np.float32))
     gray = draw_instances(image[:, :, 0], instances, show_masks=False)
     assert gray.shape == (H, W, 3)
 
