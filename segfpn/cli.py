@@ -46,27 +46,64 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class UsageError(Exception):
+    """A mistake in the command line or its files: printed as one ``error:`` line, exit 2."""
+
+
+def _check_device(device: str | None, precision: str) -> None:
+    """:class:`UsageError` for a --device torch cannot use here, or fp16 without CUDA."""
+    import torch
+
+    if device is not None:
+        try:
+            parsed = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"--device {device}: not a device; use cpu, cuda or cuda:N") from None
+        if parsed.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    if precision == "fp16" and not on_cuda:
+        raise UsageError("--precision fp16 needs a CUDA device; use --precision bf16 on a CPU")
+
+
+def _output_folder(out: str) -> Path:
+    """``out``, created if missing; :class:`UsageError` if it cannot be."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {folder}: cannot create the folder: {exc.strerror or exc}") from None
+    return folder
+
+
 def _run_predict(args) -> int:
     import os
 
     import segfpn
+    from segfpn.imageio import read_image
     from segfpn.inference import FolderReport, distributed_rank, merge_results, predict_folder, write_image_outputs
 
     source = Path(args.input)
     if not source.exists():
-        print(f"error: {source} does not exist", file=sys.stderr)
-        return 2
+        raise UsageError(f"{source} does not exist")
     rank, world_size = distributed_rank()
     device = args.device
     if device is None and world_size > 1:
         import torch
 
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    _check_device(device, args.precision)
+    # A single image is read before the model is loaded (seconds): a bad file is told at once.
+    rgb = read_image(source) if source.is_file() else None
+    out = _output_folder(args.out)
     predictor = segfpn.load(args.weights, arch=args.arch, device=device, precision=args.precision)
-    out = Path(args.out)
-    if source.is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        write_image_outputs(predictor, source, out, image_id=1)
+    if rgb is not None:
+        write_image_outputs(predictor, source, out, image_id=1, rgb=rgb)
         print(f"wrote results for {source.name} to {out}/")
         return 0
     report = predict_folder(predictor, source, out, rank=rank, world_size=world_size, progress=not args.no_progress,
@@ -140,11 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     from segfpn.checkpoints.errors import CheckpointError
     from segfpn.imageio import ImageError
 
+    from segfpn.checkpoints.download import install_cleanup_handlers
+
     args = build_parser().parse_args(argv)
+    install_cleanup_handlers()  # a SIGTERM or Ctrl-C during a download leaves no partial file
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (CheckpointError, ImageError, FileNotFoundError, NotADirectoryError) as exc:
+    except (UsageError, CheckpointError, ImageError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -5,13 +5,15 @@ and the server keeps serving with its memory back to its level."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import httpx
 import numpy as np
 import pytest
-from app_process import segment
+from app_process import ROOT, segment
 from gradio_client.exceptions import AppError
 from input_cases import BY_NAME, CASES, LITERAL_CASE, PORTRAIT
 from PIL import Image
@@ -113,6 +115,47 @@ def test_bad_input_with_segfpn_predict(cli_runs, case):
     assert resemblance > 0.2
     if case.wrong is not None:
         assert resemblance > _correlation(overlay, case.wrong()) + 0.1
+
+
+#: Mistakes on `segfpn predict`'s command line: name -> (what follows `predict`, what the one
+#: error line says). {photo}: a photo; {missing}: a path that does not exist; {file}: a file.
+USAGE_ERRORS = {
+    "missing_image": (["{missing}"], "missing.jpg does not exist"),
+    "unknown_device": (["{photo}", "--device", "gpu0"], "--device gpu0: not a device; use cpu, cuda or cuda:N"),
+    "missing_cuda_device": (["{photo}", "--device", "cuda:99"], "--device cuda:99: "),
+    "fp16_on_cpu": (["{photo}", "--device", "cpu", "--precision", "fp16"],
+                    "--precision fp16 needs a CUDA device; use --precision bf16 on a CPU"),
+    "out_is_a_file": (["{photo}", "--out", "{file}"], "is a file, not a folder"),
+}
+MINI = ROOT / "tests" / "data" / "d2_mini" / "panoptic_fpn_mini.pkl"
+
+
+@pytest.fixture(scope="module")
+def usage_error_runs(tmp_path_factory) -> dict[str, dict]:
+    """Each of :data:`USAGE_ERRORS` run through cli_runner.py (a process of its own each), with
+    ``--out`` a fresh folder path unless the case gives its own."""
+    root = tmp_path_factory.mktemp("usage_errors")
+    a_file = root / "notes.txt"
+    a_file.write_text("not a folder")
+    places = {"photo": PORTRAIT, "missing": root / "missing.jpg", "file": a_file}
+    argvs = [["predict", *(a.format(**places) for a in arguments), "--weights", str(MINI)]
+             + ([] if "--out" in arguments else ["--out", str(root / name)])
+             for name, (arguments, _) in USAGE_ERRORS.items()]
+    runner = subprocess.run([sys.executable, str(Path(__file__).with_name("cli_runner.py")), str(root / "logs")],
+                            input=json.dumps(argvs), capture_output=True, text=True, timeout=600, cwd=ROOT,
+                            check=False)
+    assert runner.returncode == 0, runner.stderr
+    runs = [json.loads(line) for line in runner.stdout.splitlines()]
+    return {name: {**run, "out": root / name} for name, run in zip(USAGE_ERRORS, runs)}
+
+
+@pytest.mark.parametrize("name", list(USAGE_ERRORS))
+def test_usage_errors_of_segfpn_predict_are_one_error_line(usage_error_runs, name):
+    run, message = usage_error_runs[name], USAGE_ERRORS[name][1]
+    assert run["returncode"] == 2, run
+    assert run["stderr"].startswith("error: ") and run["stderr"].count("\n") == 1, run["stderr"]
+    assert message in run["stderr"] and run["stdout"] == ""
+    assert not run["out"].exists()  # nothing written, not even the folder
 
 
 def test_segfpn_predict_runs_are_the_command_itself(cli_runs, cli_literal_run):
