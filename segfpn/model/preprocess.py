@@ -62,10 +62,17 @@ def resized_size(height: int, width: int, config: InputConfig) -> tuple[int, int
     return new_h, new_w
 
 
-def _normalise(x: torch.Tensor, config: InputConfig) -> torch.Tensor:
+def _normalise_(x: torch.Tensor, config: InputConfig) -> torch.Tensor:
+    """``(x - mean) / std`` in place (``x`` float [3, H, W], freshly made by the caller): one
+    full-resolution float copy of a large photo is 290 MB at 24 megapixels, so no second one."""
     mean = torch.tensor(config.pixel_mean, dtype=x.dtype, device=x.device)[:, None, None]
     std = torch.tensor(config.pixel_std, dtype=x.dtype, device=x.device)[:, None, None]
-    return (x - mean) / std
+    return x.sub_(mean).div_(std)
+
+
+def _float_chw(image: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """A new float32 [3, H, W] copy of an RGB [H, W, 3] array (the normalisation works in place on it)."""
+    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).to(torch.float32, copy=True)
 
 
 def _to_channel_order(x: torch.Tensor, config: InputConfig) -> torch.Tensor:
@@ -82,13 +89,17 @@ def preprocess_image(image: np.ndarray, config: InputConfig, *, device: torch.de
     if config.resize_method == "pil_bilinear":
         if (new_h, new_w) != (height, width):
             image = np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float()
+        x = _to_channel_order(_float_chw(image, device), config)
         if scale_to_range != 1.0:
-            x = x * scale_to_range
-        return _normalise(_to_channel_order(x, config), config), (new_h, new_w)
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float()
-    x = x / 255.0 if config.pixel_range == 1.0 else x * scale_to_range
-    x = _normalise(_to_channel_order(x, config), config)
+            x.mul_(scale_to_range)
+        return _normalise_(x, config), (new_h, new_w)
+    # torchvision's order: normalise the full-size float image, then resize it.
+    x = _to_channel_order(_float_chw(image, device), config)
+    if config.pixel_range == 1.0:
+        x.div_(255.0)
+    else:
+        x.mul_(scale_to_range)
+    x = _normalise_(x, config)
     if (new_h, new_w) != (height, width):
         x = F.interpolate(x[None], size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
     return x, (new_h, new_w)
