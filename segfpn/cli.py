@@ -32,8 +32,20 @@ def _add_predict(subparsers) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="fp32 (default) gives the reference outputs; bf16 (CPU or GPU) and fp16 (GPU) are faster")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="images per forward pass (more than 1 pays on a GPU)")
+    p.add_argument("--score-threshold", type=_probability, default=None,
+                   help="keep detections scoring above this (default: the checkpoint's, 0.05 for the COCO models)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_predict)
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -101,7 +113,8 @@ def _run_predict(args) -> int:
     # A single image is read before the model is loaded (seconds): a bad file is told at once.
     rgb = read_image(source) if source.is_file() else None
     out = _output_folder(args.out)
-    predictor = segfpn.load(args.weights, arch=args.arch, device=device, precision=args.precision)
+    overrides = {"box_head": {"score_threshold": args.score_threshold}} if args.score_threshold is not None else None
+    predictor = segfpn.load(args.weights, arch=args.arch, device=device, precision=args.precision, overrides=overrides)
     if rgb is not None:
         write_image_outputs(predictor, source, out, image_id=1, rgb=rgb)
         print(f"wrote results for {source.name} to {out}/")

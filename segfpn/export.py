@@ -123,38 +123,61 @@ def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
 
 
 def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rgb_to_id`: integer ids [...] in [0, 256³) -> uint8 [..., 3] RGB."""
+    """Inverse of :func:`rgb_to_id`: integer ids [...] in [0, 256³) -> uint8 [..., 3] RGB.
+
+    The RGB bytes are the low three bytes of each id as a little-endian uint32: read through a
+    view, so a 24-megapixel map costs its 72 MB output and no per-channel temporaries.
+    """
     ids = np.asarray(ids)
     if not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"segment ids must be integers, got dtype {ids.dtype}")
     if ids.size and (ids.min() < 0 or ids.max() > MAX_PANOPTIC_ID):
         raise ValueError(f"segment ids must lie in [0, {MAX_PANOPTIC_ID}] to fit an RGB PNG, "
                          f"got range [{ids.min()}, {ids.max()}]")
-    ids = ids.astype(np.uint32)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+    if ids.dtype.itemsize == 4:  # int32 / uint32: no copy on a little-endian machine
+        little = np.ascontiguousarray(ids.astype("<i4" if ids.dtype.kind == "i" else "<u4", copy=False))
+    else:
+        little = ids.astype("<u4")
+    return np.ascontiguousarray(little.view(np.uint8).reshape(*ids.shape, 4)[..., :3])
+
+
+#: Pixels of a segment map read at a time by :func:`segment_bboxes_and_areas`.
+_BAND_PIXELS = 1 << 21
 
 
 def segment_bboxes_and_areas(segment_ids: np.ndarray) -> dict[int, tuple[int, list[int]]]:
-    """``{id: (area, [x, y, w, h])}`` for every id > 0 in an integer map [H, W].
+    """``{id: (area, [x, y, w, h])}`` for every id > 0 in an integer map [H, W], by ascending id.
 
-    The box is the tight box of the pixels in integer pixel units (w = x_max - x_min + 1).
+    The box is the tight box of the pixels in integer pixel units (w = x_max - x_min + 1). The
+    map is read in bands of rows, so the temporaries are a band's, not the whole map's.
     """
     segment_ids = np.asarray(segment_ids)
     if segment_ids.ndim != 2:
         raise ValueError(f"segment ids must be [H, W], got shape {segment_ids.shape}")
-    width = segment_ids.shape[1]
-    ids, index, areas = np.unique(segment_ids.ravel(), return_inverse=True, return_counts=True)
-    rows, cols = np.divmod(np.arange(segment_ids.size), width)
-    x0 = np.full(len(ids), width, dtype=np.int64)
-    y0 = np.full(len(ids), segment_ids.shape[0], dtype=np.int64)
-    x1 = np.full(len(ids), -1, dtype=np.int64)
-    y1 = np.full(len(ids), -1, dtype=np.int64)
-    np.minimum.at(x0, index, cols)
-    np.minimum.at(y0, index, rows)
-    np.maximum.at(x1, index, cols)
-    np.maximum.at(y1, index, rows)
-    return {int(i): (int(area), [int(left), int(top), int(right - left + 1), int(bottom - top + 1)])
-            for i, area, left, top, right, bottom in zip(ids, areas, x0, y0, x1, y1) if i != 0}
+    height, width = segment_ids.shape
+    stats: dict[int, list[int]] = {}  # id -> [area, x0, y0, x1, y1], inclusive
+    band_rows = max(1, _BAND_PIXELS // max(width, 1))
+    for top in range(0, height, band_rows):
+        band = segment_ids[top:top + band_rows]
+        ids, inverse, counts = np.unique(band, return_inverse=True, return_counts=True)
+        inverse = inverse.reshape(band.shape)
+        in_row = np.zeros((len(ids), band.shape[0]), dtype=bool)
+        in_row[inverse, np.arange(band.shape[0])[:, None]] = True
+        in_col = np.zeros((len(ids), width), dtype=bool)
+        in_col[inverse, np.arange(width)[None, :]] = True
+        for k, (segment_id, area) in enumerate(zip(ids.tolist(), counts.tolist())):
+            if segment_id == 0:
+                continue
+            rows, cols = np.flatnonzero(in_row[k]), np.flatnonzero(in_col[k])
+            box = [int(cols[0]), top + int(rows[0]), int(cols[-1]), top + int(rows[-1])]
+            seen = stats.get(segment_id)
+            if seen is None:
+                stats[segment_id] = [area, *box]
+            else:
+                seen[0] += area
+                seen[1:3] = [min(seen[1], box[0]), min(seen[2], box[1])]
+                seen[3:5] = [max(seen[3], box[2]), max(seen[4], box[3])]
+    return {i: (area, [x0, y0, x1 - x0 + 1, y1 - y0 + 1]) for i, (area, x0, y0, x1, y1) in sorted(stats.items())}
 
 
 def panoptic_to_coco(panoptic: PanopticSegmentation, image_id: int,

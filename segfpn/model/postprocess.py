@@ -70,8 +70,8 @@ def semantic_logits_to_image(logits: torch.Tensor, input_size: tuple[int, int], 
 
 #: Most classes brought to full resolution at once by :func:`semantic_labels_to_image` (a
 #: multiple of the CPU's vector width, so each class is computed exactly as in one whole-tensor
-#: call), and the bytes those full-resolution logits may take: a large image gets fewer classes
-#: per pass (32 up to 3 megapixels, 2 at 24 megapixels).
+#: call), and the bytes those full-resolution logits may take: 32 classes per pass up to 3
+#: megapixels, 16 up to 6, then one class at a time.
 SEMANTIC_CLASSES_PER_PASS = 32
 SEMANTIC_PASS_BYTES = 384 << 20
 #: The vector width above, in float32 lanes: passes of a multiple of it are bit-exact.
@@ -80,10 +80,13 @@ _VECTOR_LANES = 16
 
 def semantic_classes_per_pass(output_size: tuple[int, int], num_classes: int) -> int:
     """Classes per pass for an output of ``output_size`` (H, W): as many as the byte budget
-    allows, at most :data:`SEMANTIC_CLASSES_PER_PASS`, a multiple of 16 when 16 or more."""
+    allows, at most :data:`SEMANTIC_CLASSES_PER_PASS`, a multiple of 16, or else 1 (a pass of
+    one class needs no per-pixel argmax index, 8 bytes a pixel)."""
     per_class = 4 * max(output_size[0] * output_size[1], 1)
-    classes = max(1, min(SEMANTIC_CLASSES_PER_PASS, num_classes, SEMANTIC_PASS_BYTES // per_class))
-    return classes - classes % _VECTOR_LANES if classes >= _VECTOR_LANES else classes
+    classes = min(SEMANTIC_CLASSES_PER_PASS, num_classes, SEMANTIC_PASS_BYTES // per_class)
+    if classes >= _VECTOR_LANES:
+        return classes - classes % _VECTOR_LANES
+    return num_classes if num_classes < _VECTOR_LANES and classes >= num_classes else 1
 
 
 def semantic_labels_to_image(logits: torch.Tensor, input_size: tuple[int, int], output_size: tuple[int, int], *,
@@ -97,7 +100,7 @@ def semantic_labels_to_image(logits: torch.Tensor, input_size: tuple[int, int], 
     with a running maximum (:func:`semantic_classes_per_pass`), so that the full-resolution
     logits of every class (~140 MB for 54 classes at 800x800, 5 GB at 6000x4000) never exist at
     once. Channels-last: a pixel's class scores side by side make the resize and the maximum
-    3-4x faster than over [S, H, W] planes.
+    3-4x faster than over [S, H, W] planes. Ties keep the lower class, as argmax does.
     """
     num_classes = logits.shape[1]
     per_pass = semantic_classes_per_pass(output_size, num_classes)
@@ -106,13 +109,20 @@ def semantic_labels_to_image(logits: torch.Tensor, input_size: tuple[int, int], 
     for first in range(0, num_classes, per_pass):
         part = logits[:, first:first + per_pass].float().contiguous(memory_format=torch.channels_last)
         part = semantic_logits_to_image(upsample_logits(part, upsample), input_size, output_size)
-        value, index = part.max(dim=1)
-        del part
-        index = index.to(label_dtype)
-        if best is None:
-            best, labels = value, index
+        if per_pass == 1:
+            value, index = part[:, 0], None
         else:
-            higher = value > best  # ties keep the lower class, as argmax does
+            value, index = part.max(dim=1)
+            index = index.to(label_dtype)
+        if best is None:
+            best = value.clone() if index is None else value
+            labels = torch.zeros_like(best, dtype=label_dtype) if index is None else index
+        else:
+            higher = value > best
             torch.where(higher, value, best, out=best)
-            torch.where(higher, index + first, labels, out=labels)
+            if index is None:
+                labels.masked_fill_(higher, first)
+            else:
+                torch.where(higher, index + first, labels, out=labels)
+        del part, value, index
     return labels[0]

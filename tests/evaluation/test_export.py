@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from segfpn.export import (id_to_rgb, instances_to_coco_results, panoptic_to_coco, rgb_to_id,
-                           write_panoptic_png)
+from segfpn import export
+from segfpn.export import (encode_masks, id_to_rgb, instances_to_coco_results, panoptic_to_coco, rgb_to_id,
+                           segment_bboxes_and_areas, write_panoptic_png)
 from segfpn.structures import Instances, PanopticSegmentation, Segment
 
 
@@ -156,3 +157,30 @@ def test_write_panoptic_png_failure_leaves_no_partial_file(tmp_path, monkeypatch
 def test_write_panoptic_png_rejects_non_rgb(tmp_path):
     with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
         write_panoptic_png(tmp_path / "x.png", np.zeros((4, 4), np.uint8))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rle_and_segment_statistics_on_random_maps_equal_the_straightforward_ones(seed, monkeypatch):
+    # Crop-wise RLEs and band-wise segment statistics against pycocotools on full frames and a
+    # per-id numpy computation, on maps nobody picked (bands of 7 rows force many bands).
+    monkeypatch.setattr(export, "_BAND_PIXELS", 7 * 50)
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(1, 60, size=2))
+    blocks = rng.integers(0, 6, size=(-(-h // 5), -(-w // 5)))
+    ids = np.kron(blocks, np.ones((5, 5), dtype=np.int64))[:h, :w]
+    ids = np.where(rng.random((h, w)) < 0.05, rng.integers(0, 6, size=(h, w)), ids)
+    if seed % 2:
+        ids = ids * 70001  # large ids, as COCO panoptic ground truth has
+    stats = segment_bboxes_and_areas(ids)
+    expected = {}
+    for segment_id in np.unique(ids):
+        if segment_id == 0:
+            continue
+        ys, xs = np.nonzero(ids == segment_id)
+        expected[int(segment_id)] = (len(ys), [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                                               int(ys.max() - ys.min() + 1)])
+    assert stats == expected and list(stats) == sorted(expected)
+    assert np.array_equal(rgb_to_id(id_to_rgb(ids.astype(np.int32))), ids)
+    masks = np.stack([ids == i for i in range(0, 6 * 70001 + 1, 70001 if seed % 2 else 1)[:6]])
+    full = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    assert [r["counts"] for r in encode_masks(masks)] == [r["counts"].decode() for r in full]
