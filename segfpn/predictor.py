@@ -100,7 +100,7 @@ class Predictor:
             batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
         timings["preprocess"] = time.perf_counter() - start
         with self._autocast():
-            outputs = self.forward_timed(batch, timings, keep_bottom_up=return_features)
+            outputs = self.model(batch, keep_bottom_up=return_features, timings=timings)
         start = time.perf_counter()
         results = [self.to_result(outputs, batch.image_sizes[i], rgb.shape[:2], batch.padded_size,
                                   return_features=return_features, index=i) for i, rgb in enumerate(rgbs)]
@@ -108,43 +108,6 @@ class Predictor:
         for result in results:
             result.timings = dict(timings)
         return results
-
-    def forward_timed(self, batch, timings: dict, *, keep_bottom_up: bool = True) -> NetworkOutputs:
-        """The model's forward, stage by stage, recording seconds per stage in ``timings``.
-
-        ``keep_bottom_up=False`` drops c2-c5 once the FPN has them (``outputs.bottom_up`` is then
-        empty), which lowers the peak memory of the heads by ~80 MB at 800x800.
-        """
-        model = self.model
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        start = time.perf_counter()
-        bottom_up = model.backbone(batch.tensor)
-        pyramid = model.fpn(bottom_up)
-        if not keep_bottom_up:
-            bottom_up = {}
-        sync()
-        timings["backbone_fpn"] = time.perf_counter() - start
-        start = time.perf_counter()
-        proposals, _ = model.rpn(pyramid, batch.image_sizes, batch.padded_size)
-        # RoIAlign runs in float32 (torchvision's autocast does the same): with low-precision
-        # features, convert them once here rather than once per pooler and level.
-        roi_features = pyramid
-        if self.precision != "fp32" and self.device.type == "cpu":
-            roi_features = {name: level.float() for name, level in pyramid.items()}
-        instances = model.roi_heads(roi_features, proposals, batch.image_sizes)
-        del roi_features
-        sync()
-        timings["heads"] = time.perf_counter() - start
-        start = time.perf_counter()
-        # Coarse logits: they are upsampled to the image a few classes at a time in to_result().
-        semantic, semantic_stride = None, 1
-        if model.semantic_head is not None:
-            semantic = model.semantic_head.coarse_logits(pyramid)
-            semantic_stride = model.semantic_head.config.common_stride
-        sync()
-        timings["semantic_head"] = time.perf_counter() - start
-        return NetworkOutputs(bottom_up=bottom_up, pyramid=pyramid, proposals=proposals, instances=instances,
-                              semantic_logits=semantic, semantic_stride=semantic_stride)
 
     def to_result(self, outputs: NetworkOutputs, input_size, image_size, padded_size, *,
                   return_features: bool, index: int = 0) -> Result:

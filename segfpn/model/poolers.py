@@ -28,8 +28,8 @@ def assign_levels(boxes: torch.Tensor, config: PoolerConfig) -> torch.Tensor:
 class LevelRoIPooler(nn.Module):
     """RoIAlign each box on its assigned level of ``{"p2".."p5"}``.
 
-    ``forward(features, boxes_per_image)`` -> (pooled [R, C, S, S] in image-then-box order,
-    levels int64 [R]).
+    ``forward(features, boxes_per_image, config=None)`` -> (pooled [R, C, S, S] in
+    image-then-box order, levels int64 [R]); ``config`` replaces the pooler's own for one call.
     """
 
     def __init__(self, *, output_size: int, config: PoolerConfig):
@@ -37,8 +37,9 @@ class LevelRoIPooler(nn.Module):
         self.output_size = output_size
         self.config = config
 
-    def forward(self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.config
+    def forward(self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor], *,
+                config: PoolerConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = config or self.config
         all_boxes = torch.cat(boxes)
         batch_index = torch.cat([torch.full((len(b), 1), i, dtype=all_boxes.dtype, device=all_boxes.device)
                                  for i, b in enumerate(boxes)])

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from segfpn.config import ModelConfig
+from segfpn.config import ModelConfig, PoolerConfig
 from segfpn.model.box_head import BoxHead, BoxPredictor, select_detections
 from segfpn.model.losses import Targets, box_head_losses, mask_loss, mask_targets, sample_rois
 from segfpn.model.mask_head import MaskHead, class_mask_probabilities
@@ -47,9 +47,15 @@ class RoIHeads(nn.Module):
         self.mask_head = MaskHead(in_channels, config.num_classes, config.mask_head)
 
     def forward(self, features: dict[str, torch.Tensor], proposals: list[Proposals],
-                image_sizes: list[tuple[int, int]]) -> list[InstanceOutputs]:
+                image_sizes: list[tuple[int, int]], *, pooler: PoolerConfig | None = None) -> list[InstanceOutputs]:
+        """Detections of each image from its proposals. ``pooler`` replaces ``config.pooler`` (the
+        level rule and RoIAlign settings) for this call."""
+        # RoIAlign runs in float32 (torchvision's autocast does the same): low-precision features
+        # (bf16 / fp16 modes) are converted once here rather than once per pooler and level.
+        if any(f.dtype != torch.float32 and f.device.type == "cpu" for f in features.values()):
+            features = {name: f.float() for name, f in features.items()}
         boxes = [p.boxes for p in proposals]
-        pooled, proposal_levels = self.box_pooler(features, boxes)
+        pooled, proposal_levels = self.box_pooler(features, boxes, config=pooler)
         class_logits, box_deltas = self.box_predictor(self.box_head(pooled))
         detections = []
         start = 0
@@ -59,7 +65,7 @@ class RoIHeads(nn.Module):
                                     self.config.box_head)
             detections.append((det, proposal_levels[start:end][det.proposal_index]))
             start = end
-        mask_features, mask_levels = self.mask_pooler(features, [d.boxes for d, _ in detections])
+        mask_features, mask_levels = self.mask_pooler(features, [d.boxes for d, _ in detections], config=pooler)
         labels = torch.cat([d.labels for d, _ in detections])
         if len(labels):
             # In chunks of RoIs: the head's 28x28 maps for every class of 100 RoIs would take

@@ -22,6 +22,7 @@ from segfpn.evaluation.panoptic_quality import PanopticQuality
 from segfpn.model.fpn import PYRAMID_STRIDES
 from segfpn.model.postprocess import semantic_logits_to_image
 from segfpn.model.preprocess import preprocess
+from segfpn.model.semantic_head import upsample_logits
 
 import detectron2_rules
 from testdata import D2_MINI
@@ -128,8 +129,9 @@ def test_final_instances(case, parity_figures):
 
 def test_semantic_logits_and_argmax(case, predictor):
     _, ref, batch, outputs, result = case
-    logits = semantic_logits_to_image(outputs.semantic_logits[0], batch.image_sizes[0], tuple(ref["image_hw"]))
-    assert tuple(outputs.semantic_logits.shape) == tuple(ref["sem_seg_padded_shape"])
+    padded = upsample_logits(outputs.semantic_logits, outputs.semantic_stride)
+    assert tuple(padded.shape) == tuple(ref["sem_seg_padded_shape"])
+    logits = semantic_logits_to_image(padded[0], batch.image_sizes[0], tuple(ref["image_hw"]))
     np.testing.assert_allclose(logits[:, ::8, ::8].numpy(), ref["sem_seg_logits_sub8"], rtol=1e-3, atol=1e-3)
     confident = ref["sem_seg_margin"].astype(np.float32) > 1e-3
     agree = result.semantic.labels == ref["sem_seg_argmax"]
