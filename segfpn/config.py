@@ -8,6 +8,8 @@ checkpoint converters and ``segfpn.load(arch=...)`` use.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -207,56 +209,106 @@ class ModelConfig:
     def with_overrides(self, overrides: dict) -> "ModelConfig":
         """A copy with nested fields changed, e.g. ``{"box_head": {"score_threshold": 0.01}}``.
 
-        Unknown names raise ValueError naming them; use it for inference settings (thresholds,
-        top-k), not for widths, which must match the weights.
+        Every key and value is checked as :meth:`from_dict` checks them (:class:`ConfigError`
+        names the key and what it allows). Use it for inference settings (thresholds, top-k),
+        not for widths, which must match the weights.
         """
-        data = self.to_dict()
-        for section, value in overrides.items():
-            if section not in data:
-                raise ValueError(f"unknown config section {section!r}; known: {', '.join(data)}")
-            if isinstance(value, dict):
-                if data[section] is None:
-                    raise ValueError(f"config section {section!r} is not used by this model")
-                unknown = set(value) - set(data[section])
-                if unknown:
-                    raise ValueError(f"unknown field(s) {sorted(unknown)} in config section {section!r}")
-                data[section].update(value)
-            else:
-                data[section] = value
-        return ModelConfig.from_dict(data)
+        return ModelConfig.from_dict(merge_config(self.to_dict(), overrides, where="overrides"),
+                                     where="overrides")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
-        def build(kind, values):
-            if values is None:
+    def from_dict(cls, data: dict, *, where: str = "model config") -> "ModelConfig":
+        """The config ``data`` (nested dicts, e.g. :meth:`to_dict`'s or a JSON file's) describes,
+        every key and value checked (:func:`decode_config`); a field left out keeps its default."""
+        return decode_config(cls, data, where)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding nested dicts into config dataclasses, checked (the model's, training's)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and what it allows."""
+
+
+def decode_config(kind: type, values, where: str):
+    """An instance of the dataclass ``kind`` from nested dicts, every key and value checked.
+
+    Unknown keys, values outside a ``Literal`` (``background_index: "middle"``), a wrong type,
+    null where a field is not optional, a tuple of the wrong length: :class:`ConfigError` naming
+    the dotted key (``where`` is its prefix) and what is allowed. Lists become tuples; ints are
+    accepted for floats.
+    """
+    if isinstance(values, kind):
+        return values
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping for {kind.__name__}, got {values!r}")
+    hints = typing.get_type_hints(kind)
+    names = [f.name for f in dataclasses.fields(kind) if f.init]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown field(s) {', '.join(f'{where}.{k}' for k in unknown)}; "
+                          f"{kind.__name__} has: {', '.join(names)}")
+    kwargs = {name: _decode_value(hints[name], value, f"{where}.{name}") for name, value in values.items()}
+    try:
+        return kind(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _decode_value(hint, value, where: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
                 return None
-            kwargs = {}
-            for f in dataclasses.fields(kind):
-                if f.name not in values:
-                    continue
-                value = values[f.name]
-                sub = _SUBCONFIGS.get((kind, f.name))
-                if sub is not None:
-                    value = build(sub, value)
-                elif isinstance(value, list):
-                    value = tuple(value)
-                kwargs[f.name] = value
-            return kind(**kwargs)
+            raise ConfigError(f"{where} may not be null")
+        options = [a for a in args if a is not type(None)]
+        for option in options:
+            if dataclasses.is_dataclass(option) and isinstance(value, dict):
+                return decode_config(option, value, where)
+        return _decode_value(options[0], value, where)
+    if dataclasses.is_dataclass(hint):
+        return decode_config(hint, value, where)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode_value(args[0], v, where) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{where} must have {len(args)} items, got {list(value)}")
+        return tuple(_decode_value(a, v, where) for a, v in zip(args, value))
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        raise ConfigError(f"{where} must be a {hint.__name__}, got {value!r}")
+    return value
 
-        return build(cls, data)
 
-
-_SUBCONFIGS = {
-    (ModelConfig, "input"): InputConfig,
-    (ModelConfig, "backbone"): BackboneConfig,
-    (ModelConfig, "fpn"): FPNConfig,
-    (ModelConfig, "rpn"): RPNConfig,
-    (ModelConfig, "pooler"): PoolerConfig,
-    (ModelConfig, "box_head"): BoxHeadConfig,
-    (ModelConfig, "mask_head"): MaskHeadConfig,
-    (ModelConfig, "semantic_head"): SemanticHeadConfig,
-    (ModelConfig, "panoptic"): PanopticConfig,
-}
+def merge_config(base: dict, changes: dict, *, where: str, add_sections: bool = False) -> dict:
+    """``base`` (a config's ``to_dict()``) with the nested ``changes`` applied; a key ``base``
+    lacks is a :class:`ConfigError` naming it. A section that is None in ``base`` (a branch the
+    model does not have, e.g. ``semantic_head``) is set from its changes with
+    ``add_sections`` (a new model), and is an error without it (loaded weights have no branch)."""
+    if not isinstance(changes, dict):
+        raise ConfigError(f"{where}: expected a mapping of config fields, got {changes!r}")
+    out = dict(base)
+    for key, value in changes.items():
+        if key not in out:
+            raise ConfigError(f"unknown field {where}.{key}; known there: {', '.join(out)}")
+        if isinstance(value, dict) and out[key] is None and not add_sections:
+            raise ConfigError(f"{where}: config section {key!r} is not used by this model")
+        if isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = merge_config(out[key], value, where=f"{where}.{key}", add_sections=add_sections)
+        else:
+            out[key] = value
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from segfpn.checkpoints.converters import (ConvertedCheckpoint, convert_detectro
                                            looks_like_detectron2, looks_like_torchvision)
 from segfpn.checkpoints.errors import CheckpointError, UnsafeCheckpointError
 from segfpn.checkpoints.safe_pickle import load_arrays_pickle
-from segfpn.config import ARCHITECTURES, ModelConfig
+from segfpn.config import ARCHITECTURES, ConfigError, ModelConfig
 from segfpn.export import write_atomic
 from segfpn.model.detector import SegFPN
 
@@ -316,15 +316,11 @@ def _read_native_metadata(metadata: dict[str, str], path: Path) -> tuple[ModelCo
     arch = entry("arch")
     if not arch.strip():
         raise CheckpointError(f"{path}: metadata 'arch' is empty: {fix}")
-    config_dict = parsed("config")
     try:
-        config = ModelConfig.from_dict(config_dict)
-    except (TypeError, ValueError, AttributeError, KeyError) as exc:
-        raise CheckpointError(f"{path}: metadata 'config' does not describe a segfpn model ({exc}): {fix}") from None
-    unknown = _unknown_fields(config_dict, config.to_dict())
-    if unknown:
-        raise CheckpointError(f"{path}: metadata 'config' has fields this segfpn does not know: "
-                              f"{', '.join(unknown)} (written by another segfpn version?)")
+        config = ModelConfig.from_dict(parsed("config"), where="config")
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: metadata 'config' does not describe a model this segfpn can build ({exc}; "
+                              "written by another segfpn version?)") from None
     categories_dict = parsed("categories")
     try:
         categories = CategorySet.from_json(categories_dict)
@@ -332,17 +328,6 @@ def _read_native_metadata(metadata: dict[str, str], path: Path) -> tuple[ModelCo
         raise CheckpointError(f"{path}: metadata 'categories' is not a list of categories "
                               f"({type(exc).__name__}: {exc}): {fix}") from None
     return config, categories, arch
-
-
-def _unknown_fields(given: dict, known: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the keys of ``given`` that ``known`` (a config's ``to_dict()``) lacks."""
-    unknown = []
-    for key, value in given.items():
-        if key not in known:
-            unknown.append(prefix + str(key))
-        elif isinstance(value, dict) and isinstance(known[key], dict):
-            unknown += _unknown_fields(value, known[key], f"{prefix}{key}.")
-    return unknown
 
 
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], *, strict: bool = True,

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from segfpn.config import ARCHITECTURES, ModelConfig
+from segfpn.config import ARCHITECTURES, ConfigError, ModelConfig, decode_config, merge_config
 
 PRESET_KEY = "preset"
 #: ``model: {preset: checkpoint, ...}``: the init checkpoint's own config, with the fields given changed.
@@ -175,10 +173,6 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------------
 # Reading
 
-class ConfigError(ValueError):
-    """A training config that cannot be used; the message names the offending key."""
-
-
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """A :class:`TrainConfig` from a ``.yaml``/``.yml`` file or a ``.py`` file defining ``config``.
 
@@ -216,7 +210,7 @@ def config_from_dict(data: dict, *, source: str = "config") -> TrainConfig:
             data["model_changes"] = {k: v for k, v in model.items() if k != PRESET_KEY}
         else:
             data["model"] = build_model_config(model, source=source)
-    return _build(TrainConfig, data, f"{source}")
+    return decode_config(TrainConfig, data, f"{source}")
 
 
 def build_model_config(model: dict, *, base: ModelConfig | None = None, source: str = "config") -> ModelConfig:
@@ -228,20 +222,8 @@ def build_model_config(model: dict, *, base: ModelConfig | None = None, source: 
             raise ConfigError(f"{source}: model.preset {preset!r} is unknown; known: {', '.join(ARCHITECTURES)}")
         base = ARCHITECTURES[preset]()
     start = (base or ModelConfig()).to_dict()
-    merged = _merge(start, model, "model", source)
-    return _build(ModelConfig, merged, f"{source}: model")
-
-
-def _merge(base: dict, changes: dict, where: str, source: str) -> dict:
-    out = dict(base)
-    for key, value in changes.items():
-        if key not in out:
-            raise ConfigError(f"{source}: unknown key {where}.{key}; known: {', '.join(out)}")
-        if isinstance(value, dict) and isinstance(out[key], dict):
-            out[key] = _merge(out[key], value, f"{where}.{key}", source)
-        else:
-            out[key] = value
-    return out
+    merged = merge_config(start, model, where=f"{source}: model", add_sections=True)
+    return decode_config(ModelConfig, merged, f"{source}: model")
 
 
 def _apply_overrides(data: dict, overrides) -> None:
@@ -268,63 +250,6 @@ def _load_python_config(path: Path) -> TrainConfig:
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"{path} must define `config`, a TrainConfig (or a function returning one)")
     return config
-
-
-def _build(kind, values, where: str):
-    """Instantiate dataclass ``kind`` from a dict, recursively, converting lists to tuples."""
-    if isinstance(values, kind):
-        return values
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping for {kind.__name__}, got {values!r}")
-    hints = typing.get_type_hints(kind)
-    names = {f.name for f in dataclasses.fields(kind) if f.init}
-    unknown = set(values) - names
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} for {kind.__name__}; known: "
-                          f"{', '.join(sorted(names))}")
-    kwargs = {}
-    for name, value in values.items():
-        kwargs[name] = _convert(hints[name], value, f"{where}.{name}")
-    try:
-        return kind(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def _convert(hint, value, where: str):
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{where} may not be null")
-        options = [a for a in args if a is not type(None)]
-        for option in options:
-            if dataclasses.is_dataclass(option) and isinstance(value, dict):
-                return _build(option, value, where)
-        return _convert(options[0], value, where)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, where) for v in value)
-        if len(args) != len(value):
-            raise ConfigError(f"{where} must have {len(args)} items, got {list(value)}")
-        return tuple(_convert(a, v, where) for a, v in zip(args, value))
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if hint in (int, float, str, bool) and not isinstance(value, hint):
-        raise ConfigError(f"{where} must be a {hint.__name__}, got {value!r}")
-    return value
 
 
 def _plain(value: Any) -> Any:

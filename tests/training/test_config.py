@@ -64,3 +64,10 @@ def test_shipped_configs_load():
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         config = load_config(path)
         assert isinstance(config.model, ModelConfig), path
+
+
+def test_training_configs_use_the_same_decoder(tiny_config_dict):
+    data = tiny_config_dict()
+    data["model"]["box_head"] = {"background_index": "middle"}
+    with pytest.raises(ConfigError, match=r"model\.box_head\.background_index must be one of"):
+        config_from_dict(data)
