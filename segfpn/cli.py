@@ -1,6 +1,6 @@
 """``segfpn`` command line: thin wrappers over the library.
 
-    segfpn predict IMAGE_OR_DIR --weights W [--out OUT]
+    segfpn predict IMAGE_OR_DIR [--weights W] [--out OUT]
     segfpn convert SRC DST [--arch A]
     segfpn weights list | download NAME | verify
     segfpn eval --weights W --images DIR --instances ANN.json [--panoptic ANN.json --panoptic-dir PNGS]
@@ -24,7 +24,10 @@ def _add_predict(subparsers) -> None:
                     "skipped. Under `torchrun --nproc_per_node=N` the folder is split across the N "
                     "processes (one GPU each, or CPU processes).")
     p.add_argument("input", help="an image file or a folder of images")
-    p.add_argument("--weights", required=True, help="checkpoint file or known name (see `segfpn weights list`)")
+    p.add_argument("--weights", default=None,
+                   help="checkpoint file or known name (`segfpn weights list`), several separated by commas and "
+                        "tried in order; default: the catalogue's default checkpoint, downloaded on first use, "
+                        "or when it cannot be had the bundled offline model (the same as the app)")
     p.add_argument("--out", default="segfpn_out", help="output folder (default: segfpn_out)")
     p.add_argument("--arch", default=None, help="override the architecture read from the checkpoint")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; "
@@ -93,6 +96,19 @@ def _output_folder(out: str) -> Path:
     return folder
 
 
+def _checkpoint_file(weights: str | None, *, progress: bool) -> Path:
+    """The file of the first checkpoint of ``weights`` that can be had; without ``weights``, the
+    catalogue's default or else the bundled model, saying on stderr why it fell back."""
+    from segfpn.checkpoints.resolve import candidates, resolve_first
+
+    path, chosen, problems = resolve_first(candidates(weights, fallback=weights is None), progress=progress)
+    for problem in problems:
+        print(f"note: {problem.message()}", file=sys.stderr)
+    if problems:
+        print(f"note: using {chosen} instead", file=sys.stderr)
+    return path
+
+
 def _run_predict(args) -> int:
     import os
 
@@ -114,7 +130,8 @@ def _run_predict(args) -> int:
     rgb = read_image(source) if source.is_file() else None
     out = _output_folder(args.out)
     overrides = {"box_head": {"score_threshold": args.score_threshold}} if args.score_threshold is not None else None
-    predictor = segfpn.load(args.weights, arch=args.arch, device=device, precision=args.precision, overrides=overrides)
+    weights = _checkpoint_file(args.weights, progress=not args.no_progress)
+    predictor = segfpn.load(weights, arch=args.arch, device=device, precision=args.precision, overrides=overrides)
     if rgb is not None:
         write_image_outputs(predictor, source, out, image_id=1, rgb=rgb)
         print(f"wrote results for {source.name} to {out}/")
@@ -175,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     from segfpn.evaluation.evaluate import register_cli as register_eval_cli
     from segfpn.training.cli import register_cli as register_train_cli
 
-    parser = argparse.ArgumentParser(prog="segfpn", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="segfpn", description="Instance, semantic and panoptic segmentation on a "
+                                                                "Feature Pyramid Network.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_predict(sub)

@@ -6,14 +6,13 @@ import contextlib
 import logging
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from segfpn.categories import CategorySet
-from segfpn.checkpoints.errors import CheckpointError
 from segfpn.checkpoints.loading import LoadReport, load_checkpoint
+from segfpn.checkpoints.resolve import resolve as resolve_checkpoint
 from segfpn.config import ModelConfig
 from segfpn.imageio import read_image
 from segfpn.model.detector import NetworkOutputs, SegFPN
@@ -173,22 +172,16 @@ def load(checkpoint: str | os.PathLike, *, arch: str | None = None, device: str 
 
     The format (torchvision ``.pth``, detectron2 ``.pkl``, segfpn ``.safetensors``) and the
     architecture are recognised from the file's contents; ``arch=`` overrides the architecture.
-    A known name (``segfpn weights list``) is looked up in ``weights/`` and downloaded on first use.
+    A known name (``segfpn weights list``) is looked up in ``weights/`` (and torchvision's own
+    download cache for its files) and downloaded on first use
+    (:mod:`segfpn.checkpoints.resolve`).
     ``device`` defaults to CUDA when available. ``overrides`` changes inference settings, e.g.
     ``{"box_head": {"score_threshold": 0.3}, "panoptic": {"stuff_area_threshold": 1024}}``.
     ``optimize`` (default on) folds frozen BatchNorm into the convolutions and uses channels-last
     weights: same outputs, faster. Pass ``optimize=False`` to get the checkpoint's own
     parameterisation in ``.model`` (to train it, or to save it).
     """
-    path = Path(checkpoint)
-    if not path.exists():
-        from segfpn.checkpoints import catalogue, download
-
-        try:
-            known = catalogue.find(str(checkpoint))
-        except KeyError as exc:
-            raise CheckpointError(f"no file {checkpoint} exists, and it is not a known checkpoint name: {exc}") from None
-        path = download.ensure_available(known)
+    path = resolve_checkpoint(checkpoint)
     loaded = load_checkpoint(path, arch=arch, strict=strict, overrides=overrides)
     return Predictor(loaded.model, loaded.categories, device=device, arch=loaded.arch, precision=precision,
                      report=loaded.report, source=str(path), optimize=optimize)

@@ -8,6 +8,7 @@ on its own.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from typing import Sequence
 
@@ -23,6 +24,7 @@ from segfpn.checkpoints.download import (
     verify_file,
     weights_dir,
 )
+from segfpn.checkpoints.resolve import BUNDLED_CHECKPOINT, BUNDLED_METRICS, BUNDLED_SHA256, torchvision_cache_path
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -94,14 +96,21 @@ def _list(args: argparse.Namespace) -> int:
         else:  # no published size: the most a download of it may have
             size = f"<= {c.size_limit_bytes / 2**20:.0f} MiB"
         name = c.name + (" *" if c.name == default else "")
+        cached = torchvision_cache_path(c)
+        present = "yes" if entry.present else "torch cache" if cached is not None and cached.is_file() else "no"
         rows.append((name, c.arch, c.format, _metric(c.metrics, "box_ap"),
-                     _metric(c.metrics, "mask_ap"), _metric(c.metrics, "pq"), size,
-                     "yes" if entry.present else "no"))
+                     _metric(c.metrics, "mask_ap"), _metric(c.metrics, "pq"), size, present))
+    bundled = BUNDLED_CHECKPOINT
+    rows.append(("bundled", "panoptic_fpn (synthetic)", "segfpn", "-", "-", "-",
+                 _format_mb(bundled.stat().st_size) if bundled.is_file() else "-", "yes" if bundled.is_file() else "no"))
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    print(f"\n* default for the app (best PQ). Folder: {folder}")
-    print("Metrics as published on COCO val2017.")
+    print(f"\n* default for the app and `segfpn predict` (best PQ). Folder: {folder}")
+    print("Metrics as published on COCO val2017. torchvision's files are also found in its own download cache.")
+    print(f"bundled: {bundled} - segfpn's small model trained on synthetic shapes (held-out synthetic PQ "
+          f"{BUNDLED_METRICS['pq']}, mask AP {BUNDLED_METRICS['mask_ap']}; no COCO classes), used when no "
+          "COCO checkpoint can be had.")
     return 0
 
 
@@ -129,10 +138,12 @@ def _verify(args: argparse.Namespace) -> int:
         return 2
     entries = [e for e in local_status(dest_dir=args.dir)
                if (e.checkpoint.name in targets if targets else e.present)]
+    status = 0
+    if not targets:
+        status = _verify_bundled()
     if not entries:
         print("no known checkpoint is present; see `segfpn weights list`")
-        return 0
-    status = 0
+        return status
     for entry in entries:
         try:
             verify_file(entry.path, entry.checkpoint)
@@ -142,6 +153,20 @@ def _verify(args: argparse.Namespace) -> int:
         else:
             print(f"{entry.checkpoint.name}: ok ({entry.path})")
     return status
+
+
+def _verify_bundled() -> int:
+    """The bundled model against its recorded SHA-256: 0 when it matches, 1 otherwise."""
+    if not BUNDLED_CHECKPOINT.is_file():
+        print(f"bundled: missing ({BUNDLED_CHECKPOINT})", file=sys.stderr)
+        return 1
+    digest = hashlib.sha256(BUNDLED_CHECKPOINT.read_bytes()).hexdigest()
+    if digest != BUNDLED_SHA256:
+        print(f"bundled: FAILED: {BUNDLED_CHECKPOINT} has SHA-256 {digest}, expected {BUNDLED_SHA256}",
+              file=sys.stderr)
+        return 1
+    print(f"bundled: ok ({BUNDLED_CHECKPOINT})")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
