@@ -77,7 +77,7 @@ def run_cli(weights: Path, image: Path, out: Path) -> dict:
     if peak_kb <= before:
         raise RuntimeError("this child's peak is below an earlier child's: run one CLI case per process")
     results = json.loads((out / f"{image.stem}.instances.json").read_text())
-    return {"peak_mb": peak_kb / 1024, "seconds": seconds, "detections": len(results["results"])}
+    return {"peak_mb": peak_kb / 1024, "seconds": seconds, "detections": len(results)}
 
 
 def _status(pid: int) -> dict[str, float]:

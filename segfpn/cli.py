@@ -35,6 +35,9 @@ def _add_predict(subparsers) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="fp32 (default) gives the reference outputs; bf16 (CPU or GPU) and fp16 (GPU) are faster")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="images per forward pass (more than 1 pays on a GPU)")
+    p.add_argument("--overlay", choices=["panoptic", "instances"], default="panoptic",
+                   help="what the overlay PNG shows: the panoptic segments (default, when the model has them) or "
+                        "the instances (masks, boxes, labels with score >= 0.5, as the app's Instances view)")
     p.add_argument("--score-threshold", type=_probability, default=None,
                    help="keep detections scoring above this (default: the checkpoint's, 0.05 for the COCO models)")
     p.add_argument("--no-progress", action="store_true")
@@ -133,11 +136,11 @@ def _run_predict(args) -> int:
     weights = _checkpoint_file(args.weights, progress=not args.no_progress)
     predictor = segfpn.load(weights, arch=args.arch, device=device, precision=args.precision, overrides=overrides)
     if rgb is not None:
-        write_image_outputs(predictor, source, out, image_id=1, rgb=rgb)
+        write_image_outputs(predictor, source, out, image_id=1, rgb=rgb, overlay=args.overlay)
         print(f"wrote results for {source.name} to {out}/")
         return 0
     report = predict_folder(predictor, source, out, rank=rank, world_size=world_size, progress=not args.no_progress,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, overlay=args.overlay)
     if world_size == 1:
         merged = merge_results(source, out)
         _print_summary(report, merged)

@@ -7,7 +7,7 @@ Formats (https://cocodataset.org/#format-results):
 
 * detection result: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score",
   "segmentation": {"size": [H, W], "counts": str}}`` with the box in continuous pixel coordinates
-  and the mask as compressed RLE;
+  and the mask as compressed RLE (no "segmentation" for a box-only model);
 * panoptic PNG: RGB uint8, segment id = R + 256 * G + 256**2 * B, id 0 = void; the JSON annotation
   lists ``segments_info`` (``id``, ``category_id``, ``iscrowd``, ``area``, ``bbox`` [x, y, w, h]
   of the pixels, so a one-pixel segment has w = h = 1).
@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 
+from segfpn.atomic_files import write_png
 from segfpn.structures import InstanceMasks, Instances, PanopticSegmentation
 
 logger = logging.getLogger(__name__)
@@ -83,17 +81,18 @@ def instances_to_coco_results(instances: Instances, image_id: int) -> list[dict]
 
     ``instances.boxes`` (float32 [N, 4] xyxy, original-image px) become ``bbox`` [x, y, w, h]
     floats; ``category_id`` is the COCO id ``instances.category_ids[label]``; ``segmentation`` is
-    the compressed RLE of each of ``instances.masks`` with ``counts`` as str.
+    the compressed RLE of each of ``instances.masks`` with ``counts`` as str, left out when
+    ``instances.masks`` is None (Faster R-CNN, RetinaNet: box results only).
     """
     n = len(instances)
     if n == 0:
         return []
     boxes = np.asarray(instances.boxes, dtype=np.float64).reshape(n, 4)
     masks = instances.masks
-    if len(masks) != n:
+    if masks is not None and len(masks) != n:
         raise ValueError(f"instances have {n} scores but {len(masks)} masks")
     num_classes = len(instances.category_ids)
-    rles = encode_masks(masks)
+    rles = encode_masks(masks) if masks is not None else [None] * n
     results = []
     for box, score, label, rle in zip(boxes, instances.scores, instances.labels, rles):
         label = int(label)
@@ -101,13 +100,15 @@ def instances_to_coco_results(instances: Instances, image_id: int) -> list[dict]
             raise ValueError(f"label {label} is outside the model's {num_classes} classes "
                              f"(instances.category_ids has {num_classes} entries)")
         x0, y0, x1, y1 = (float(v) for v in box)
-        results.append({
+        result = {
             "image_id": int(image_id),
             "category_id": int(instances.category_ids[label]),
             "bbox": [x0, y0, x1 - x0, y1 - y0],
             "score": float(score),
-            "segmentation": rle,
-        })
+        }
+        if rle is not None:
+            result["segmentation"] = rle
+        results.append(result)
     return results
 
 
@@ -235,21 +236,4 @@ def write_panoptic_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"a panoptic PNG must be uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
-    write_atomic(path, lambda f: Image.fromarray(rgb).save(f, format="PNG"))
-
-
-def write_atomic(path: str | os.PathLike, write) -> None:
-    """Call ``write(binary_file)`` on a temporary file next to ``path``, then move it in place.
-
-    The temporary file gets the usual permissions (0o666 less the umask), like ``open()``.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_png(path, rgb)

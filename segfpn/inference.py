@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from segfpn.export import instances_to_coco_results, panoptic_to_coco, write_atomic, write_panoptic_png
+from segfpn.atomic_files import write_json
 from segfpn.imageio import ImageError, read_image
+from segfpn.outputs import DEFAULT_OVERLAY, Overlay, ResultFiles, result_files, write_result
 
 logger = logging.getLogger(__name__)
 
@@ -48,38 +48,23 @@ def distributed_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def outputs_of(out_dir: Path, image: Path) -> dict[str, Path]:
-    stem = image.stem
-    return {"overlay": out_dir / f"{stem}.overlay.png", "instances": out_dir / f"{stem}.instances.json",
-            "panoptic_png": out_dir / f"{stem}.panoptic.png", "panoptic_json": out_dir / f"{stem}.panoptic.json"}
-
-
 def write_image_outputs(predictor, image_path: Path, out_dir: Path, image_id: int, *, rgb: np.ndarray | None = None,
-                        result=None) -> None:
-    """Write one image's overlay, COCO results and (if any) panoptic PNG + JSON.
+                        result=None, overlay: Overlay = DEFAULT_OVERLAY) -> ResultFiles:
+    """Write one image's files (:func:`segfpn.outputs.write_result`).
 
     ``rgb``/``result``: the image and its prediction when the caller has them (else they are
-    read and computed here). The instances JSON is written last: its presence marks the image
-    as done.
+    read and computed here).
     """
-    from segfpn.viz import draw_instances, draw_panoptic
-
     if rgb is None:
         rgb = read_image(image_path)
     if result is None:
         result = predictor.predict(rgb)
-    paths = outputs_of(out_dir, image_path)
-    if result.panoptic is not None:
-        overlay = draw_panoptic(rgb, result.panoptic)
-        png, annotation = panoptic_to_coco(result.panoptic, image_id, paths["panoptic_png"].name)
-        write_panoptic_png(paths["panoptic_png"], png)
-        write_atomic(paths["panoptic_json"], lambda f: f.write(json.dumps(annotation).encode()))
-    else:
-        overlay = draw_instances(rgb, result.instances)
-    write_atomic(paths["overlay"], lambda f: Image.fromarray(overlay).save(f, format="PNG"))
-    record = {"image": image_path.name, "image_id": image_id, "height": rgb.shape[0], "width": rgb.shape[1],
-              "results": instances_to_coco_results(result.instances, image_id)}
-    write_atomic(paths["instances"], lambda f: f.write(json.dumps(record).encode()))
+    return write_result(result, rgb, out_dir, image_name=image_path.name, image_id=image_id, overlay=overlay)
+
+
+def is_done(out_dir: Path, image_path: Path) -> bool:
+    """Whether ``image_path``'s files are all in ``out_dir`` (its instances JSON, written last, is)."""
+    return result_files(out_dir, image_path.name, panoptic=False).instances.exists()
 
 
 def _read_ahead(paths: list[Path], depth: int = 2):
@@ -102,7 +87,8 @@ def _read_ahead(paths: list[Path], depth: int = 2):
 
 
 def predict_folder(predictor, images_dir: str | os.PathLike, out_dir: str | os.PathLike, *, rank: int = 0,
-                   world_size: int = 1, progress: bool = True, batch_size: int = 1) -> FolderReport:
+                   world_size: int = 1, progress: bool = True, batch_size: int = 1,
+                   overlay: Overlay = DEFAULT_OVERLAY) -> FolderReport:
     """Run ``predictor`` over every image of ``images_dir`` (this rank's share), skipping done ones.
 
     Image ids are the 1-based positions in the sorted file list, the same in every process.
@@ -118,7 +104,7 @@ def predict_folder(predictor, images_dir: str | os.PathLike, out_dir: str | os.P
     report = FolderReport(done=[], skipped=[], failed={})
     todo = []
     for path in mine:
-        if outputs_of(out_dir, path)["instances"].exists():
+        if is_done(out_dir, path):
             report.skipped.append(path.name)
         else:
             todo.append(path)
@@ -131,7 +117,7 @@ def predict_folder(predictor, images_dir: str | os.PathLike, out_dir: str | os.P
             return
         results = predictor.predict_batch([rgb for _, rgb in batch])
         for (path, rgb), result in zip(batch, results):
-            write_image_outputs(predictor, path, out_dir, ids[path], rgb=rgb, result=result)
+            write_image_outputs(predictor, path, out_dir, ids[path], rgb=rgb, result=result, overlay=overlay)
             report.done.append(path.name)
         bar.update(len(batch))
         batch.clear()
@@ -156,18 +142,15 @@ def write_log(out_dir: Path, report: FolderReport, rank: int, world_size: int) -
     path = out_dir / "logs" / f"predict_rank{rank}_of_{world_size}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"rank": rank, "world_size": world_size, **dataclasses.asdict(report)}
-    write_atomic(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
-    return path
+    return write_json(path, data, indent=1)
 
 
 def merge_results(images_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Concatenate every per-image results file into one COCO results JSON (written atomically)."""
+    """Concatenate every per-image COCO results list into one COCO results JSON (written atomically)."""
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     merged = []
     for path in list_images(images_dir):
-        per_image = outputs_of(out_dir, path)["instances"]
+        per_image = result_files(out_dir, path.name, panoptic=False).instances
         if per_image.exists():
-            merged.extend(json.loads(per_image.read_text())["results"])
-    target = out_dir / MERGED_RESULTS
-    write_atomic(target, lambda f: f.write(json.dumps(merged).encode()))
-    return target
+            merged.extend(json.loads(per_image.read_text()))
+    return write_json(out_dir / MERGED_RESULTS, merged)

@@ -56,6 +56,7 @@ from typing import BinaryIO, Callable
 
 from tqdm.auto import tqdm
 
+from segfpn.atomic_files import create_exclusive
 from segfpn.checkpoints import catalogue
 from segfpn.checkpoints.catalogue import KnownCheckpoint, find
 from segfpn.checkpoints.errors import ChecksumError, DownloadCancelled, DownloadError, OfflineError
@@ -270,17 +271,15 @@ def install_cleanup_handlers(signals: tuple[int, ...] = (signal.SIGTERM, signal.
 def _open_temp(dest_dir: Path, file_name: str) -> tuple[BinaryIO, Path]:
     """A new ``<file_name>.part-<random>`` file in ``dest_dir``, opened for writing and listed in
     :func:`partial_files` (the caller removes it from there)."""
+    temp_name = dest_dir / f"{file_name}.part-{secrets.token_hex(6)}"
     try:
-        # O_EXCL with a random name, like mkstemp, but with the usual permissions (0o666 less the
-        # umask) so the finished checkpoint is readable by whoever can read the folder.
-        temp_name = dest_dir / f"{file_name}.part-{secrets.token_hex(6)}"
-        fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        file = create_exclusive(temp_name)
     except OSError as e:
         raise DownloadError(f"cannot write to {dest_dir}: {e.strerror or e}. Make it writable, or "
                             f"pass another folder (--dir / dest_dir=) or set {WEIGHTS_DIR_ENV}.",
                             reason=str(e)) from e
-    _PARTIAL_FILES.add(Path(temp_name))
-    return os.fdopen(fd, "wb"), Path(temp_name)
+    _PARTIAL_FILES.add(temp_name)
+    return file, temp_name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from segfpn.checkpoints.converters import (ConvertedCheckpoint, convert_detectro
 from segfpn.checkpoints.errors import CheckpointError, UnsafeCheckpointError
 from segfpn.checkpoints.safe_pickle import load_arrays_pickle
 from segfpn.config import ARCHITECTURES, ConfigError, ModelConfig
-from segfpn.export import write_atomic
-from segfpn.model.detector import SegFPN
+from segfpn.atomic_files import write_atomic
+from segfpn.model.build import Detector, build_model
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class LoadReport:
 
 @dataclasses.dataclass
 class LoadedCheckpoint:
-    model: SegFPN
+    model: Detector
     config: ModelConfig
     categories: CategorySet
     arch: str
@@ -288,8 +288,8 @@ def convert_state(state: dict[str, torch.Tensor], metadata: dict, *, arch: str |
     if looks_like_detectron2(state):
         return convert_detectron2(state, arch=arch)
     sample = ", ".join(list(state)[:5])
-    raise CheckpointError(f"{path} holds tensors, but not of a torchvision Mask R-CNN or a detectron2 "
-                          f"model-zoo model (first keys: {sample})")
+    raise CheckpointError(f"{path} holds tensors, but not of a torchvision detection model (Mask R-CNN, Faster "
+                          f"R-CNN, RetinaNet) or a detectron2 model-zoo model (first keys: {sample})")
 
 
 def _read_native_metadata(metadata: dict[str, str], path: Path) -> tuple[ModelConfig, CategorySet, str]:
@@ -361,7 +361,7 @@ def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, strict:
     if overrides:
         converted.config = converted.config.with_overrides(overrides)
     try:
-        model = SegFPN(converted.config)
+        model = build_model(converted.config)
     except (TypeError, ValueError) as exc:
         if converted.source_format != NATIVE_FORMAT:
             raise  # a config segfpn inferred itself: a bug, keep its traceback
@@ -375,7 +375,7 @@ def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, strict:
     return LoadedCheckpoint(model, converted.config, converted.categories, converted.arch, converted.source_format, report)
 
 
-def save_native(path: str | os.PathLike, model: SegFPN, categories: CategorySet, *, arch: str) -> Path:
+def save_native(path: str | os.PathLike, model: Detector, categories: CategorySet, *, arch: str) -> Path:
     """Write segfpn's own format: safetensors weights, config and categories in the metadata.
 
     Written to a temporary file beside ``path`` and renamed, so a failure leaves no partial file.

@@ -24,7 +24,6 @@ byte-identical files and the first N images of a longer run equal those of a sho
 from __future__ import annotations
 
 import colorsys
-import json
 import logging
 import math
 import os
@@ -34,11 +33,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from segfpn.categories import THINGS_CLASS_NAME, Category, CategorySet
-from segfpn.export import encode_masks, id_to_rgb, segment_bboxes_and_areas, write_atomic
+from segfpn.atomic_files import write_json, write_png
+from segfpn.export import encode_masks, id_to_rgb, segment_bboxes_and_areas
 
 logger = logging.getLogger(__name__)
 
@@ -166,8 +165,8 @@ def generate(out_dir: str | os.PathLike, *, num_images: int, seed: int,
                            max_things=max_things, min_object_size=min_object_size,
                            max_object_fraction=max_object_fraction)
         file_name = f"{image_id:06d}.png"
-        _write_png(paths.image_dir / file_name, scene.image)
-        _write_png(paths.panoptic_dir / file_name, id_to_rgb(scene.segment_ids))
+        write_png(paths.image_dir / file_name, scene.image, compress_level=1)  # noisy images barely compress
+        write_png(paths.panoptic_dir / file_name, id_to_rgb(scene.segment_ids), compress_level=1)
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
         image_annotations, segments_info = _annotate(scene, image_id)
         annotations.extend(image_annotations)
@@ -177,9 +176,9 @@ def generate(out_dir: str | os.PathLike, *, num_images: int, seed: int,
     info = {"description": "segfpn synthetic shapes on textured backgrounds", "version": "1",
             "seed": int(seed)}
     things_json = [_category_json(c) for c in categories.things]
-    _write_json(paths.instances_json, {"info": info, "licenses": [], "images": images,
+    write_json(paths.instances_json, {"info": info, "licenses": [], "images": images,
                                        "annotations": annotations, "categories": things_json})
-    _write_json(paths.panoptic_json, {
+    write_json(paths.panoptic_json, {
         "info": info, "licenses": [], "images": images, "annotations": panoptic_annotations,
         "categories": things_json + [_category_json(c) for c in categories.stuff[1:]]})
     if overwrite:
@@ -505,16 +504,6 @@ def _size_ranges(image_size, max_image_size) -> tuple[tuple[int, int], tuple[int
         raise ValueError(f"need 32 <= image_size <= max_image_size per side, got "
                          f"image_size={image_size}, max_image_size={max_image_size}")
     return (low[0], high[0]), (low[1], high[1])
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    # Level 1: the noisy images barely compress further, and level 6 takes twice as long.
-    write_atomic(path, lambda f: Image.fromarray(rgb).save(f, format="PNG", compress_level=1))
-
-
-def _write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, separators=(",", ":"))
-    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _remove_stale_pngs(paths: SyntheticPaths, keep: set[str]) -> None:

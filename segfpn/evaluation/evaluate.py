@@ -28,8 +28,8 @@ from tqdm import tqdm
 from segfpn.evaluation.coco_ap import coco_ap, format_ap_table, load_coco_gt
 from segfpn.evaluation.panoptic_quality import (PanopticQuality, format_pq_table,
                                                 pq_compute_files, read_panoptic_png)
-from segfpn.export import (instances_to_coco_results, panoptic_to_coco, rgb_to_id, write_atomic,
-                           write_panoptic_png)
+from segfpn.atomic_files import write_json
+from segfpn.export import instances_to_coco_results, panoptic_to_coco, rgb_to_id, write_panoptic_png
 from segfpn.structures import Result
 
 logger = logging.getLogger(__name__)
@@ -115,10 +115,10 @@ def evaluate(predictor: SupportsPredict, *, images_dir: str | os.PathLike,
         for iou_type in ("bbox", "segm"):
             metrics[iou_type] = coco_ap(coco_gt, out_dir / DETECTIONS_FILE, iou_type=iou_type)
     if pq is not None:
-        _write_json(out_dir / PANOPTIC_JSON_FILE, {"annotations": panoptic_annotations,
+        write_json(out_dir / PANOPTIC_JSON_FILE, {"annotations": panoptic_annotations,
                                                    "categories": panoptic_gt["categories"]})
         metrics["panoptic"] = pq.summarize()
-    _write_json(out_dir / METRICS_FILE, metrics)
+    write_json(out_dir / METRICS_FILE, metrics, indent=1)
     logger.info("evaluated %d images; predictions and %s in %s", len(images), METRICS_FILE, out_dir)
     return metrics
 
@@ -173,7 +173,7 @@ def evaluate_files(*, instances_json: str | os.PathLike | None = None,
                                                pred_dir=pred_panoptic_dir, progress=progress)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        _write_json(Path(out_dir) / METRICS_FILE, metrics)
+        write_json(Path(out_dir) / METRICS_FILE, metrics, indent=1)
     return metrics
 
 
@@ -329,7 +329,3 @@ def _read_json(path: str | os.PathLike, *, what: str) -> Any:
         raise FileNotFoundError(f"{what} file {path} does not exist")
     with open(path) as f:
         return json.load(f)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    write_atomic(path, lambda f: f.write(json.dumps(data, indent=1).encode()))

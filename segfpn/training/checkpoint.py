@@ -31,7 +31,7 @@ import torch
 
 from segfpn.categories import CategorySet
 from segfpn.checkpoints.loading import load_into, read_state, save_native
-from segfpn.export import write_atomic
+from segfpn.atomic_files import write_atomic
 from segfpn.model.detector import SegFPN
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 import segfpn
-from segfpn.inference import MERGED_RESULTS, outputs_of, predict_folder
+from segfpn.inference import MERGED_RESULTS, predict_folder
+from segfpn.outputs import result_files
 
 from testdata import D2_MINI, ROOT, load_rgb
 
@@ -49,12 +50,16 @@ def test_folder_outputs_merged_results_and_broken_image(tmp_path, predictor):
     assert sorted(report.done) == names and not report.skipped
     assert list(report.failed) == ["broken.jpg"] and "broken.jpg" in report.failed["broken.jpg"]
     for name in names:
-        paths = outputs_of(out, tmp_path / "images" / name)
-        for key in ("overlay", "instances", "panoptic_png", "panoptic_json"):
-            assert paths[key].stat().st_size > 0, (name, key)
-        record = json.loads(paths["instances"].read_text())
-        assert record["image"] == name and record["results"]
-        with Image.open(paths["overlay"]) as overlay:
+        paths = result_files(out, name, panoptic=True)
+        for path in paths.all():
+            assert path.stat().st_size > 0, (name, path)
+        results = json.loads(paths.instances.read_text())
+        # Image ids: 1-based positions in the folder's sorted file list (broken.jpg included).
+        listed = sorted(p.name for p in (tmp_path / "images").iterdir())
+        assert results and {r["image_id"] for r in results} == {listed.index(name) + 1}
+        panoptic = json.loads(paths.panoptic_json.read_text())
+        assert panoptic["images"][0]["file_name"] == name and panoptic["categories"]
+        with Image.open(paths.overlay) as overlay:
             assert overlay.size == Image.open(tmp_path / "images" / name).size
     log = json.loads((out / "logs" / "predict_rank0_of_1.json").read_text())
     assert sorted(log["done"]) == names and list(log["failed"]) == ["broken.jpg"]
@@ -89,20 +94,20 @@ def test_undecodable_files_are_reported_and_the_run_goes_on(tmp_path, predictor)
             assert sorted(report.done) == names and not report.skipped
         else:
             assert sorted(report.skipped) == names and not report.done
-    assert all(outputs_of(out, tmp_path / "images" / n)["instances"].exists() for n in names)
+    assert all(result_files(out, n, panoptic=True).instances.exists() for n in names)
 
 
 def test_resume_skips_done_images(tmp_path, predictor):
     names = make_folder(tmp_path / "images", count=3)
     out = tmp_path / "out"
     predict_folder(predictor, tmp_path / "images", out, progress=False)
-    stamps = {n: outputs_of(out, tmp_path / "images" / n)["instances"].stat().st_mtime_ns for n in names}
+    stamps = {n: result_files(out, n, panoptic=True).instances.stat().st_mtime_ns for n in names}
     # An interrupted run: the last image's marker (its instances JSON, written last) is missing.
-    outputs_of(out, tmp_path / "images" / names[-1])["instances"].unlink()
+    result_files(out, names[-1], panoptic=True).instances.unlink()
     report = predict_folder(predictor, tmp_path / "images", out, progress=False)
     assert report.done == [names[-1]] and sorted(report.skipped) == names[:-1]
     for n in names[:-1]:
-        assert outputs_of(out, tmp_path / "images" / n)["instances"].stat().st_mtime_ns == stamps[n]
+        assert result_files(out, n, panoptic=True).instances.stat().st_mtime_ns == stamps[n]
 
 
 def test_batches_give_the_same_results(tmp_path, predictor):
@@ -111,8 +116,8 @@ def test_batches_give_the_same_results(tmp_path, predictor):
     predict_folder(predictor, tmp_path / "images", one, progress=False, batch_size=1)
     predict_folder(predictor, tmp_path / "images", two, progress=False, batch_size=2)
     for name in ("img00.png", "img01.png"):
-        a = json.loads(outputs_of(one, tmp_path / "images" / name)["instances"].read_text())["results"]
-        b = json.loads(outputs_of(two, tmp_path / "images" / name)["instances"].read_text())["results"]
+        a = json.loads(result_files(one, name, panoptic=True).instances.read_text())
+        b = json.loads(result_files(two, name, panoptic=True).instances.read_text())
         # Batching pads the images to the largest: the features of the smaller one may change a little.
         assert len(a) == len(b) and a
         np.testing.assert_allclose([r["score"] for r in a[:20]], [r["score"] for r in b[:20]], atol=0.05)
@@ -149,7 +154,7 @@ def test_cli_folder_reports_broken_image_and_merges(tmp_path):
     assert "broken.jpg" in proc.stderr
     merged = json.loads((out / MERGED_RESULTS).read_text())
     assert {r["image_id"] for r in merged} == {2, 3}  # ids: positions in the sorted list (broken.jpg is 1)
-    assert all(outputs_of(out, tmp_path / "images" / n)["instances"].exists() for n in names)
+    assert all(result_files(out, n, panoptic=True).instances.exists() for n in names)
 
 
 def test_torchrun_splits_the_folder_across_two_processes(tmp_path):
@@ -159,10 +164,10 @@ def test_torchrun_splits_the_folder_across_two_processes(tmp_path):
     predict_folder(segfpn.load(WEIGHTS, device="cpu"), tmp_path / "images", out, progress=False)
     done_before = names[0]
     for n in names[1:]:
-        for path in outputs_of(out, tmp_path / "images" / n).values():
+        for path in result_files(out, n, panoptic=True).all():
             path.unlink()
     (out / MERGED_RESULTS).unlink(missing_ok=True)
-    stamp = outputs_of(out, tmp_path / "images" / done_before)["instances"].stat().st_mtime_ns
+    stamp = result_files(out, done_before, panoptic=True).instances.stat().st_mtime_ns
     proc = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "segfpn.cli",
                     "predict", str(tmp_path / "images"), "--weights", str(WEIGHTS), "--out", str(out),
                     "--device", "cpu", "--no-progress"])
@@ -175,6 +180,6 @@ def test_torchrun_splits_the_folder_across_two_processes(tmp_path):
     assert [n for log in logs for n in log["skipped"]] == [done_before]
     assert [n for log in logs for n in log["failed"]] == ["broken.jpg"]
     assert all(log["done"] or log["skipped"] for log in logs)  # both processes worked
-    assert outputs_of(out, tmp_path / "images" / done_before)["instances"].stat().st_mtime_ns == stamp
+    assert result_files(out, done_before, panoptic=True).instances.stat().st_mtime_ns == stamp
     merged = json.loads((out / MERGED_RESULTS).read_text())
     assert {r["image_id"] for r in merged} == set(range(2, 2 + len(names)))
