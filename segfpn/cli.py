@@ -5,6 +5,7 @@
     segfpn weights list | download NAME | verify
     segfpn eval --weights W --images DIR --instances ANN.json [--panoptic ANN.json --panoptic-dir PNGS]
     segfpn train CONFIG [--resume] [--set KEY=VALUE]
+    segfpn data synthetic DIR [--num-images N] [--seed S]
 """
 
 from __future__ import annotations
@@ -192,6 +193,7 @@ def _run_convert(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from segfpn.checkpoints import weights_cli
+    from segfpn.data.cli import register_cli as register_data_cli
     from segfpn.evaluation.evaluate import register_cli as register_eval_cli
     from segfpn.training.cli import register_cli as register_train_cli
 
@@ -204,11 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     weights_cli.register_cli(sub)
     register_eval_cli(sub)
     register_train_cli(sub)
+    register_data_cli(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from segfpn.checkpoints.errors import CheckpointError
+    from segfpn.evaluation.evaluate import CategoryMismatch
     from segfpn.imageio import ImageError
 
     from segfpn.checkpoints.download import install_cleanup_handlers
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (UsageError, CheckpointError, ImageError, FileNotFoundError, NotADirectoryError) as exc:
+    except (UsageError, CheckpointError, ImageError, CategoryMismatch, FileNotFoundError, NotADirectoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -91,6 +91,9 @@ def evaluate(predictor: SupportsPredict, *, images_dir: str | os.PathLike,
                 raise FileNotFoundError(f"image {image['id']}: {path} does not exist "
                                         f"(file_name {image['file_name']!r} under {images_dir})")
             result = predictor.predict(str(path))
+            if image is images[0]:
+                check_categories(result, coco_gt.dataset.get("categories", []) if coco_gt is not None else [],
+                                 panoptic_gt["categories"] if panoptic_gt is not None else [])
             _check_image_size(result, image, path)
             if image["id"] in instance_image_ids:
                 for entry in instances_to_coco_results(result.instances, image["id"]):
@@ -285,6 +288,47 @@ class _JsonListWriter:
         else:
             self._file.close()
             self._tmp.unlink(missing_ok=True)
+
+
+class CategoryMismatch(ValueError):
+    """The ground truth's categories are none of the model's: every score would be 0."""
+
+
+def check_categories(result: Result, instance_categories: list[dict], panoptic_categories: list[dict]) -> None:
+    """Compare the ground truth's categories with the model's (from one of its results): a
+    category is the model's when the model has its id under the same name.
+
+    None in common: :class:`CategoryMismatch`, since every AP and PQ would be 0 (a model of other
+    classes, or ground truth in another label space; the synthetic set's circle has COCO's person
+    id 1). Some ground-truth categories the model lacks: a warning naming them (they score 0).
+    """
+    things = dict(zip((int(i) for i in result.instances.category_ids), result.instances.class_names))
+    stuff = {}
+    if result.semantic is not None:
+        stuff = {int(i): n for i, n in zip(result.semantic.category_ids, result.semantic.class_names) if i != 0}
+    for kind, categories, model in (("instances", instance_categories, things),
+                                    ("panoptic", panoptic_categories, {**things, **stuff})):
+        if not categories:
+            continue
+        missing = [c for c in categories
+                   if str(model.get(int(c["id"]), "")).lower() != str(c.get("name", "")).lower()]
+        if not missing:
+            continue
+        described = _some(f"{c.get('name')} (id {c['id']}"
+                          + (f", the model's {model[int(c['id'])]!r})" if int(c["id"]) in model else ")")
+                          for c in missing)
+        if len(missing) == len(categories):
+            raise CategoryMismatch(
+                f"none of the {kind} ground truth's categories is the model's (same id, same name): "
+                f"{described}. Every score would be 0: evaluate a model of these categories (the bundled "
+                "synthetic model for segfpn's synthetic sets, a COCO model for COCO).")
+        logger.warning("%d of the %s ground truth's %d categories are not the model's and will score 0: %s",
+                       len(missing), kind, len(categories), described)
+
+
+def _some(names, limit: int = 8) -> str:
+    names = list(names)
+    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 def _images_to_evaluate(instances_gt: Mapping | None, panoptic_gt: Mapping | None) -> list[dict]:

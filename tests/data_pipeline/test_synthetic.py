@@ -182,3 +182,18 @@ def test_dataset_over_the_synthetic_set(synthetic_set):
         assert sample.masks.sum(axis=0).max() == 1
         assert set(np.unique(sample.semantic).tolist()) <= {0, 1, 2, 3, 4, 255}
         assert sample.labels.min() >= 0 and sample.labels.max() <= 3
+
+
+def test_segfpn_data_synthetic_writes_a_set_and_refuses_to_overwrite(tmp_path, capsys):
+    from segfpn.cli import main
+
+    args = ["data", "synthetic", str(tmp_path / "set"), "--num-images", "3", "--seed", "5", "--size", "64x48",
+            "--max-size", "80x64", "--no-progress"]
+    assert main(args) == 0
+    instances = json.loads((tmp_path / "set" / "annotations" / "instances.json").read_text())
+    assert len(instances["images"]) == 3
+    assert all(48 <= image["height"] <= 64 and 64 <= image["width"] <= 80 for image in instances["images"])
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "already holds a data set" in err[0]

@@ -229,3 +229,26 @@ def test_cli_rejects_a_model_and_files_together(gt_paths):
                                   "--instances", str(gt_paths["instances_json"])])
     with pytest.raises(SystemExit, match="Use one or the other"):
         args.func(args)
+
+
+def test_ground_truth_of_other_categories_is_an_error_not_all_zeros(coco_mini, tmp_path, capsys):
+    # The bundled model knows 4 shapes and 4 backgrounds; COCO's ground truth has none of them.
+    from segfpn.cli import main
+
+    annotations = coco_mini / "annotations"
+    status = main(["eval", "--weights", str(Path(segfpn.__file__).parents[1] / "weights" / "synthetic_panoptic_fpn.safetensors"),
+                   "--images", str(coco_mini / "images"), "--instances", str(annotations / "instances_val2017.json"),
+                   "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "none of the instances ground truth" in err[0], err
+
+
+def test_ground_truth_with_some_unknown_categories_warns(coco_mini, caplog):
+    from segfpn.evaluation.evaluate import check_categories
+
+    predictor = AnnotationPredictor(coco_mini)
+    result = predictor.predict(str(next(iter(predictor.images))))
+    extra = [*predictor.coco.dataset["categories"], {"id": 999, "name": "unicorn"}]
+    with caplog.at_level("WARNING"):
+        check_categories(result, extra, [])
+    assert "unicorn" in caplog.text and "will score 0" in caplog.text
