@@ -56,20 +56,9 @@ class CategorySet:
     def thing_names(self) -> list[str]:
         return [c.name for c in self.things]
 
-    @property
-    def semantic_names(self) -> list[str]:
-        return [c.name for c in self.stuff]
-
-    def thing_id(self, label: int) -> int:
-        """COCO category id of instance label ``label``."""
-        return self.things[label].id
-
     def thing_label(self, category_id: int) -> int:
         """Instance label of COCO category ``category_id`` (KeyError if the model has none)."""
         return _index_by_id(self.things)[category_id]
-
-    def semantic_id(self, label: int) -> int:
-        return self.stuff[label].id
 
     def semantic_label(self, category_id: int) -> int:
         return _index_by_id(self.stuff)[category_id]
