@@ -19,12 +19,15 @@ from pathlib import Path
 
 def _add_predict(subparsers) -> None:
     p = subparsers.add_parser(
-        "predict", help="segment an image or every image of a folder",
-        description="Segment an image, or every image of a folder: overlay PNG, COCO results JSON and "
-                    "panoptic PNG + JSON per image, one merged COCO results file, images already done "
-                    "skipped. Under `torchrun --nproc_per_node=N` the folder is split across the N "
-                    "processes (one GPU each, or CPU processes).")
-    p.add_argument("input", help="an image file or a folder of images")
+        "predict", help="segment an image, a folder of images, a video or an image URL",
+        description="Segment an image, every image of a folder, a video or an image at an http(s) URL: overlay "
+                    "PNG, COCO results JSON and panoptic PNG + JSON per image (plus the --formats asked for), one "
+                    "merged COCO results file for a folder, images already done skipped; for a video an H.264 "
+                    "MP4 with the overlay and one JSON of per-frame COCO results, resumed where an interrupted "
+                    "run stopped. Under `torchrun --nproc_per_node=N` a folder is split across the N processes "
+                    "(one GPU each, or CPU processes).")
+    p.add_argument("input", help="an image file, a folder of images, a video file (.mp4, .mov, .mkv, .webm, "
+                                 ".avi, ... or recognised by its content) or an http(s) URL of an image")
     p.add_argument("--weights", default=None,
                    help="checkpoint file or known name (`segfpn weights list`), several separated by commas and "
                         "tried in order; default: the catalogue's default checkpoint, downloaded on first use, "
@@ -41,8 +44,31 @@ def _add_predict(subparsers) -> None:
                         "the instances (masks, boxes, labels with score >= 0.5, as the app's Instances view)")
     p.add_argument("--score-threshold", type=_probability, default=None,
                    help="keep detections scoring above this (default: the checkpoint's, 0.05 for the COCO models)")
+    p.add_argument("--formats", default="coco", type=_format_list,
+                   help="extra files per image, comma-separated: labelme, yolo, cvat, cutouts, csv, parquet "
+                        "(COCO is always written); they hold the detections at or above --score-threshold "
+                        "(all the model keeps without it) of the --classes asked for")
+    p.add_argument("--classes", default=None, type=_name_list,
+                   help="comma-separated class names the --formats files keep (default: every class)")
+    p.add_argument("--every", type=_positive_int, default=1, help="video: segment every N-th frame (default 1: all)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_predict)
+
+
+def _format_list(text: str) -> tuple[str, ...]:
+    from segfpn.formats import check_formats
+
+    try:
+        return check_formats(text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected class names separated by commas")
+    return names
 
 
 def _probability(text: str) -> float:
@@ -120,9 +146,17 @@ def _run_predict(args) -> int:
     from segfpn.imageio import read_image
     from segfpn.inference import FolderReport, distributed_rank, merge_results, predict_folder, write_image_outputs
 
-    source = Path(args.input)
-    if not source.exists():
+    from segfpn.urls import is_url, read_url_image, url_file_name
+    from segfpn.video import VideoError, is_video, probe_video
+
+    url = args.input if is_url(args.input) else None
+    source = Path(url_file_name(url) if url else args.input)
+    if url is None and not source.exists():
         raise UsageError(f"{source} does not exist")
+    video = url is None and is_video(source)
+    if video and args.formats:
+        raise UsageError(f"--formats {','.join(args.formats)}: a video gets its overlay MP4 and per-frame COCO "
+                         "results JSON; the other formats are for images")
     rank, world_size = distributed_rank()
     device = args.device
     if device is None and world_size > 1:
@@ -130,18 +164,32 @@ def _run_predict(args) -> int:
 
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     _check_device(device, args.precision)
-    # A single image is read before the model is loaded (seconds): a bad file is told at once.
-    rgb = read_image(source) if source.is_file() else None
+    # A single image, a URL or a video's header is read before the model is loaded (seconds): a
+    # bad input is told at once.
+    rgb = None
+    try:
+        if url is not None:
+            rgb = read_url_image(url)
+        elif video:
+            probe_video(source)
+        elif source.is_file():
+            rgb = read_image(source)
+    except VideoError as exc:
+        raise UsageError(str(exc)) from None
     out = _output_folder(args.out)
     overrides = {"box_head": {"score_threshold": args.score_threshold}} if args.score_threshold is not None else None
     weights = _checkpoint_file(args.weights, progress=not args.no_progress)
     predictor = segfpn.load(weights, arch=args.arch, device=device, precision=args.precision, overrides=overrides)
+    exports = {"formats": args.formats, "score_threshold": args.score_threshold or 0.0,
+               "classes": _checked_classes(predictor, args.classes)}
+    if video:
+        return _predict_video(predictor, source, out, args)
     if rgb is not None:
-        write_image_outputs(predictor, source, out, image_id=1, rgb=rgb, overlay=args.overlay)
+        write_image_outputs(predictor, source, out, image_id=1, rgb=rgb, overlay=args.overlay, **exports)
         print(f"wrote results for {source.name} to {out}/")
         return 0
     report = predict_folder(predictor, source, out, rank=rank, world_size=world_size, progress=not args.no_progress,
-                            batch_size=args.batch_size, overlay=args.overlay)
+                            batch_size=args.batch_size, overlay=args.overlay, **exports)
     if world_size == 1:
         merged = merge_results(source, out)
         _print_summary(report, merged)
@@ -163,6 +211,41 @@ def _run_predict(args) -> int:
     finally:
         dist.destroy_process_group()
     return 0 if not report.failed else 1
+
+
+def _checked_classes(predictor, classes: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """``--classes``, or a :class:`UsageError` naming those the model does not have."""
+    if classes is None:
+        return None
+    known = [c.name for c in predictor.categories.things] + [c.name for c in predictor.categories.stuff
+                                                            if not c.isthing]
+    unknown = [c for c in classes if c not in known]
+    if unknown:
+        raise UsageError(f"--classes {','.join(unknown)}: not a class of this model; its classes are {', '.join(known)}")
+    return classes
+
+
+def _predict_video(predictor, source: Path, out: Path, args) -> int:
+    from segfpn.video import VideoCancelled, VideoError, predict_video
+
+    try:
+        report = predict_video(predictor, source, out, every=args.every, overlay=args.overlay,
+                               batch_size=args.batch_size, progress_bar=not args.no_progress)
+    except VideoError as exc:
+        raise UsageError(str(exc)) from None
+    except (KeyboardInterrupt, VideoCancelled):
+        print("stopped; run the same command again to continue from the last finished part", file=sys.stderr)
+        return 130
+    if report.already_done:
+        print(f"{source.name} is already done: {report.files.video}, {report.files.results}")
+        return 0
+    if report.restarted:
+        print(f"note: {report.restarted}: started again", file=sys.stderr)
+    resumed = f", {report.resumed_from} of them from the interrupted run" if report.resumed_from else ""
+    print(f"{report.frames_done} frames segmented{resumed}; wrote {report.files.video} and {report.files.results}")
+    if report.problem:
+        print(f"note: {source.name}: {report.problem}; the files hold the frames before it", file=sys.stderr)
+    return 0
 
 
 def _print_summary(report, merged: Path, *, processes: int = 1) -> None:

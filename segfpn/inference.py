@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,17 +50,19 @@ def distributed_rank() -> tuple[int, int]:
 
 
 def write_image_outputs(predictor, image_path: Path, out_dir: Path, image_id: int, *, rgb: np.ndarray | None = None,
-                        result=None, overlay: Overlay = DEFAULT_OVERLAY) -> ResultFiles:
+                        result=None, overlay: Overlay = DEFAULT_OVERLAY, formats: Iterable[str] = ("coco",),
+                        score_threshold: float = 0.0, classes: Iterable[str] | None = None) -> ResultFiles:
     """Write one image's files (:func:`segfpn.outputs.write_result`).
 
     ``rgb``/``result``: the image and its prediction when the caller has them (else they are
-    read and computed here).
+    read and computed here). ``formats``, ``score_threshold``, ``classes``: the extra files.
     """
     if rgb is None:
         rgb = read_image(image_path)
     if result is None:
         result = predictor.predict(rgb)
-    return write_result(result, rgb, out_dir, image_name=image_path.name, image_id=image_id, overlay=overlay)
+    return write_result(result, rgb, out_dir, image_name=image_path.name, image_id=image_id, overlay=overlay,
+                        formats=formats, score_threshold=score_threshold, classes=classes)
 
 
 def is_done(out_dir: Path, image_path: Path) -> bool:
@@ -88,8 +91,11 @@ def _read_ahead(paths: list[Path], depth: int = 2):
 
 def predict_folder(predictor, images_dir: str | os.PathLike, out_dir: str | os.PathLike, *, rank: int = 0,
                    world_size: int = 1, progress: bool = True, batch_size: int = 1,
-                   overlay: Overlay = DEFAULT_OVERLAY) -> FolderReport:
+                   overlay: Overlay = DEFAULT_OVERLAY, formats: Iterable[str] = ("coco",),
+                   score_threshold: float = 0.0, classes: Iterable[str] | None = None) -> FolderReport:
     """Run ``predictor`` over every image of ``images_dir`` (this rank's share), skipping done ones.
+    ``formats``, ``score_threshold``, ``classes``: the extra files of each image
+    (:func:`segfpn.outputs.write_result`).
 
     Image ids are the 1-based positions in the sorted file list, the same in every process.
     Images are decoded ahead in a thread and predicted ``batch_size`` at a time (more than 1
@@ -117,7 +123,8 @@ def predict_folder(predictor, images_dir: str | os.PathLike, out_dir: str | os.P
             return
         results = predictor.predict_batch([rgb for _, rgb in batch])
         for (path, rgb), result in zip(batch, results):
-            write_image_outputs(predictor, path, out_dir, ids[path], rgb=rgb, result=result, overlay=overlay)
+            write_image_outputs(predictor, path, out_dir, ids[path], rgb=rgb, result=result, overlay=overlay,
+                                formats=formats, score_threshold=score_threshold, classes=classes)
             report.done.append(path.name)
         bar.update(len(batch))
         batch.clear()

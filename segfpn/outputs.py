@@ -9,6 +9,12 @@ For an image whose name has the stem ``S`` (:func:`file_stem`: letters, digits a
     S.panoptic.json    COCO panoptic document: images, annotations,    } head only
                        categories
 
+and, when asked for (``formats=``, see :mod:`segfpn.formats`), with the detections at or above
+``score_threshold`` of the classes in ``classes``::
+
+    S.labelme.json  S.yolo.txt (+ yolo_data.yaml, the class names)  S.cvat.xml
+    S.cutouts.zip  S.detections.csv  S.detections.parquet
+
 Coordinates are those of the image as given. The instances JSON is written last: its presence
 marks the image as done (``segfpn predict`` resumes from there). Every file appears whole or not
 at all (:mod:`segfpn.atomic_files`).
@@ -16,16 +22,20 @@ at all (:mod:`segfpn.atomic_files`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from segfpn.atomic_files import write_json, write_png
+from segfpn.atomic_files import write_atomic, write_json, write_png
 from segfpn.export import instances_to_coco_results, panoptic_to_coco, write_panoptic_png
+from segfpn.formats import check_classes, check_formats, select_instances, select_segments
+from segfpn.formats.polygons import TOLERANCE
 from segfpn.structures import Result
 
 Overlay = Literal["panoptic", "instances"]
@@ -35,15 +45,19 @@ DEFAULT_OVERLAY: Overlay = "panoptic"
 
 @dataclass(frozen=True)
 class ResultFiles:
-    """The paths of one image's files; the panoptic ones are None for a model without them."""
+    """The paths of one image's files; the panoptic ones are None for a model without them.
+    ``exports``: the files of the extra formats written, by format name (``"yolo_names"``: the
+    YOLO class names file shared by a folder's images)."""
 
     overlay: Path
     instances: Path
     panoptic_png: Path | None
     panoptic_json: Path | None
+    exports: dict[str, Path] = field(default_factory=dict)
 
     def all(self) -> list[Path]:
-        return [p for p in (self.overlay, self.instances, self.panoptic_png, self.panoptic_json) if p is not None]
+        return [p for p in (self.overlay, self.instances, self.panoptic_png, self.panoptic_json) if p is not None] + \
+            list(self.exports.values())
 
 
 def file_stem(name: str | os.PathLike) -> str:
@@ -79,25 +93,88 @@ def panoptic_document(result: Result, *, image_id: int, image_name: str, png_nam
     with COCO ids; the merged "things" class of the semantic head, id 0, is not one)."""
     rgb, annotation = panoptic_to_coco(result.panoptic, image_id=image_id, file_name=png_name)
     h, w = result.image_size
+    document = {"images": [{"id": int(image_id), "file_name": image_name, "height": int(h), "width": int(w)}],
+                "annotations": [annotation], "categories": result_categories(result)}
+    return rgb, document
+
+
+def result_categories(result: Result) -> list[dict]:
+    """COCO categories of the model behind ``result``: its things, then its stuff (without the
+    merged "things" class of the semantic head, id 0): ``{"id", "name", "isthing"}``."""
     things = result.instances
     categories = [{"id": int(i), "name": n, "isthing": 1} for i, n in zip(things.category_ids, things.class_names)]
     if result.semantic is not None:
         categories += [{"id": int(i), "name": n, "isthing": 0}
                        for i, n in zip(result.semantic.category_ids, result.semantic.class_names) if i != 0]
-    document = {"images": [{"id": int(image_id), "file_name": image_name, "height": int(h), "width": int(w)}],
-                "annotations": [annotation], "categories": categories}
-    return rgb, document
+    return categories
+
+
+#: File name suffix of each export format (after the image's stem).
+EXPORT_SUFFIXES = {"labelme": ".labelme.json", "yolo": ".yolo.txt", "cvat": ".cvat.xml",
+                   "cutouts": ".cutouts.zip", "csv": ".detections.csv", "parquet": ".detections.parquet"}
+#: The class names of the YOLO labels, one file per output folder.
+YOLO_NAMES = "yolo_data.yaml"
+
+
+def export_path(out_dir: str | os.PathLike, image_name: str | os.PathLike, format: str) -> Path:
+    """Where format ``format``'s file of the image called ``image_name`` goes in ``out_dir``."""
+    return Path(out_dir) / (file_stem(image_name) + EXPORT_SUFFIXES[format])
+
+
+def write_exports(result: Result, image: np.ndarray, out_dir: str | os.PathLike, *, image_name: str,
+                  formats: Iterable[str], score_threshold: float = 0.0, classes: Iterable[str] | None = None,
+                  tolerance: float = TOLERANCE, frame: int | None = None) -> dict[str, Path]:
+    """Write the files of ``formats`` (:data:`segfpn.formats.EXPORT_FORMATS`; "coco" is ignored:
+    :func:`write_result` always writes it) for the detections with ``score >= score_threshold``
+    of the classes in ``classes`` (None: every class; ValueError for a name the model lacks).
+    ``tolerance``: polygon simplification in px (:mod:`segfpn.formats.polygons`). ``frame``:
+    the video frame index for the table. Returns {format: path}."""
+    from segfpn.formats import cutouts, cvat, labelme, table, yolo
+
+    formats = check_formats(formats)
+    wanted = check_classes(result, classes)
+    keep = select_instances(result.instances, score_threshold=score_threshold, classes=wanted)
+    paths = {f: export_path(out_dir, image_name, f) for f in formats}
+    name = str(Path(str(image_name)).name)
+    if result.instances.masks is None and {"labelme", "yolo", "cvat"} & set(formats):
+        raise ValueError("this model predicts boxes only: labelme, yolo and cvat need masks; "
+                         "choose cutouts, csv or parquet")
+    if "labelme" in formats:
+        labelme.write_labelme(paths["labelme"], result.instances, keep, image_name=name, tolerance=tolerance)
+    if "yolo" in formats:
+        yolo.write_yolo(paths["yolo"], result.instances, keep, tolerance=tolerance)
+        names = yolo.data_yaml(result.instances.class_names).encode("utf-8")
+        paths["yolo_names"] = write_atomic(Path(out_dir) / YOLO_NAMES, lambda f: f.write(names))
+    if "cvat" in formats:
+        cvat.write_cvat(paths["cvat"], result.instances, keep, image_name=name, tolerance=tolerance)
+    if "cutouts" in formats:
+        cutouts.write_cutouts(paths["cutouts"], image, result.instances, keep, panoptic=result.panoptic,
+                              segments=select_segments(result, score_threshold=score_threshold, classes=wanted))
+    if "csv" in formats or "parquet" in formats:
+        rows = table.detection_rows(result.instances, keep, image_name=name, frame=frame)
+        if "csv" in formats:
+            table.write_csv(paths["csv"], rows)
+        if "parquet" in formats:
+            table.write_parquet(paths["parquet"], rows)
+    return paths
 
 
 def write_result(result: Result, image: np.ndarray, out_dir: str | os.PathLike, *, image_name: str,
                  image_id: int = 1, overlay: Overlay = DEFAULT_OVERLAY,
-                 overlay_image: np.ndarray | None = None) -> ResultFiles:
+                 overlay_image: np.ndarray | None = None, formats: Iterable[str] = ("coco",),
+                 score_threshold: float = 0.0, classes: Iterable[str] | None = None,
+                 tolerance: float = TOLERANCE) -> ResultFiles:
     """Write one image's files (see the module docstring) into ``out_dir``, which must exist.
 
     image: uint8 [H, W, 3], the image the result refers to. ``overlay_image``: a drawing to write
     as the overlay instead of :func:`draw_overlay`'s (the app's view with the user's settings).
+    ``formats``, ``score_threshold``, ``classes``, ``tolerance``: the extra files
+    (:func:`write_exports`); the COCO files always hold every detection.
     """
     files = result_files(out_dir, image_name, panoptic=result.panoptic is not None)
+    exports = write_exports(result, image, out_dir, image_name=image_name, formats=formats,
+                            score_threshold=score_threshold, classes=classes, tolerance=tolerance)
+    files = dataclasses.replace(files, exports=exports)
     if result.panoptic is not None:
         rgb, document = panoptic_document(result, image_id=image_id, image_name=str(image_name),
                                           png_name=files.panoptic_png.name)
