@@ -13,6 +13,8 @@ against the reference's own code over thousands of seeded random cases:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -41,7 +43,7 @@ import detectron2_rules
 
 TORCHVISION = torchvision_maskrcnn_v1()
 DETECTRON2 = detectron2_mask_rcnn()
-#: The sizes the issue reported, as (height, width), among the random ones.
+#: Sizes at which a float32 scale gave another input size than torchvision's, as (height, width).
 REPORTED_SIZES = [(427, 640), (640, 427), (328, 400), (600, 1116), (375, 500), (480, 640), (683, 1024)]
 
 
@@ -331,3 +333,123 @@ def test_paste_equals_torchvision_paste_masks_in_image(seed):
     expected = paste_masks_in_image(masks[:, None], boxes, image_size)[:, 0] >= 0.5
     ours = paste_masks(masks, boxes, image_size, method="box_resize", threshold=0.5)
     assert torch.equal(ours, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# RetinaNet: anchors and the selection of detections
+
+
+def retinanet_grid_sizes(padded: tuple[int, int]) -> list[tuple[int, int]]:
+    """Feature-map (h, w) of p3-p7 for a padded input: p6 and p7 are stride-2 convs with padding 1."""
+    sizes = [(padded[0] // s, padded[1] // s) for s in (8, 16, 32)]
+    for _ in range(2):
+        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+    return sizes
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_retinanet_anchors_equal_both_references_at_random_input_sizes(seed):
+    from torchvision.models.detection.retinanet import _default_anchorgen
+
+    from segfpn.config import detectron2_retinanet, torchvision_retinanet_v1
+
+    rng = np.random.default_rng(300 + seed)
+    tv, d2 = torchvision_retinanet_v1().retina_head, detectron2_retinanet().retina_head
+    strides = (8, 16, 32, 64, 128)
+    ours_tv = AnchorGenerator(strides=strides, sizes=tv.level_anchor_sizes(), aspect_ratios=tv.aspect_ratios,
+                              round_corners=True, arithmetic="float32", strides_from_grid=True, order="ratio_major")
+    ours_d2 = AnchorGenerator(strides=strides, sizes=d2.level_anchor_sizes(), aspect_ratios=d2.aspect_ratios,
+                              round_corners=False, arithmetic="float64", strides_from_grid=False, order="size_major")
+    reference = _default_anchorgen()
+    for _ in range(4):
+        height, width = (int(v) for v in rng.integers(2, 3000, size=2))
+        try:
+            size = resized_size(height, width, TORCHVISION.input)
+        except ImageError:
+            continue
+        padded = tuple(-(-s // 32) * 32 for s in size)
+        grids = retinanet_grid_sizes(padded)
+        features = [torch.empty(1, 1, *g) for g in grids]
+        expected = reference(ImageList(torch.empty(1, 3, *padded), [size]), features)[0]
+        assert torch.equal(torch.cat(ours_tv(grids, padded)), expected), (height, width)
+        expected_d2 = torch.cat([detectron2_rules.grid_anchors(g, s, 0.0, detectron2_rules.generate_cell_anchors(a, d2.aspect_ratios))
+                                 for g, s, a in zip(grids, strides, detectron2_rules.RETINANET_ANCHOR_SIZES)])
+        assert torch.equal(torch.cat(ours_d2(grids, padded)), expected_d2), (height, width)
+
+
+def random_dense_outputs(rng: np.random.Generator, per_level: list[int], num_classes: int, image_size: tuple[int, int]):
+    """Per level: logits [M, K] (a few thousand pairs above 0.05, exact ties included), deltas
+    [M, 4] (some past the exp clamp) and anchors [M, 4], some outside the image."""
+    logits, deltas, anchors = [], [], []
+    for m in per_level:
+        lg = rng.normal(-6.0, 2.0, size=(m, num_classes)).astype(np.float32)
+        lg[rng.random(lg.shape) < 0.002] = 1.5  # ties
+        logits.append(torch.from_numpy(lg))
+        dl = rng.normal(0, 0.5, size=(m, 4)).astype(np.float32)
+        dl[::50, 2:] = 7.0
+        deltas.append(torch.from_numpy(dl))
+        anchors.append(random_boxes(rng, m, limit=float(max(image_size))))
+    return logits, deltas, anchors
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_retinanet_detections_equal_torchvision_postprocess_detections(seed):
+    """Our selection with torchvision's settings against ``RetinaNet.postprocess_detections``
+    itself, with its background slot (class 0) below the threshold as in trained files."""
+    import types
+
+    from torchvision.models.detection.retinanet import RetinaNet as TorchvisionRetinaNet
+
+    from segfpn.config import torchvision_retinanet_v1
+    from segfpn.model.retinanet import select_dense_detections
+
+    rng = np.random.default_rng(seed)
+    config = torchvision_retinanet_v1().retina_head
+    per_level, num_classes, image_size = [2400, 900, 300, 90, 30], 12, (800, 1216)
+    logits, deltas, anchors = random_dense_outputs(rng, per_level, num_classes, image_size)
+    background = [torch.full((m, 1), -30.0) for m in per_level]
+    reference = types.SimpleNamespace(score_thresh=config.score_threshold, topk_candidates=config.topk_candidates,
+                                      nms_thresh=config.nms_threshold, detections_per_img=config.detections_per_image,
+                                      box_coder=tv_utils.BoxCoder(config.box_weights))
+    head_outputs = {"cls_logits": [torch.cat([b, lg], dim=1)[None] for b, lg in zip(background, logits)],
+                    "bbox_regression": [d[None] for d in deltas]}
+    expected = TorchvisionRetinaNet.postprocess_detections(reference, head_outputs, [anchors], [image_size])[0]
+    ours = select_dense_detections(logits, deltas, anchors, [3, 4, 5, 6, 7], image_size, config)
+    assert len(ours.boxes) == config.detections_per_image
+    assert torch.equal(ours.boxes, expected["boxes"]) and torch.equal(ours.scores, expected["scores"])
+    assert torch.equal(ours.labels + 1, expected["labels"])
+    assert set(ours.levels.tolist()) == {3, 4, 5, 6, 7}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_retinanet_detections_equal_detectron2_inference_single_image(seed):
+    from segfpn.config import detectron2_retinanet
+    from segfpn.model.retinanet import select_dense_detections
+
+    rng = np.random.default_rng(100 + seed)
+    config = detectron2_retinanet().retina_head
+    logits, deltas, anchors = random_dense_outputs(rng, [2400, 900, 300, 90, 30], 10, (800, 1216))
+    boxes, scores, classes, levels, anchor_index = detectron2_rules.retinanet_inference_single_image(
+        anchors, [lg.sigmoid() for lg in logits], deltas, score_thresh=config.score_threshold,
+        topk_candidates=config.topk_candidates, nms_thresh=config.nms_threshold,
+        max_detections=config.detections_per_image)
+    ours = select_dense_detections(logits, deltas, anchors, [3, 4, 5, 6, 7], (800, 1216), config)
+    assert torch.equal(ours.boxes, boxes) and torch.equal(ours.scores, scores)
+    assert torch.equal(ours.labels, classes) and torch.equal(ours.levels, levels + 3)
+    assert torch.equal(ours.anchor_index, anchor_index)
+    assert (ours.boxes < 0).any()  # not clipped before NMS
+
+
+def test_the_retinanet_settings_decide_different_detections():
+    """Each library's settings are needed: torchvision's clipping before NMS and detectron2's
+    top 100 each change the outcome on the same head outputs."""
+    from segfpn.config import detectron2_retinanet, torchvision_retinanet_v1
+    from segfpn.model.retinanet import select_dense_detections
+
+    rng = np.random.default_rng(7)
+    logits, deltas, anchors = random_dense_outputs(rng, [2400, 900, 300, 90, 30], 10, (800, 1216))
+    tv, d2 = torchvision_retinanet_v1().retina_head, detectron2_retinanet().retina_head
+    run = lambda cfg: select_dense_detections(logits, deltas, anchors, [3, 4, 5, 6, 7], (800, 1216), cfg)
+    unclipped = dataclasses.replace(tv, clip_before_nms=False)
+    assert not torch.equal(run(tv).boxes, run(unclipped).boxes[:len(run(tv).boxes)])
+    assert len(run(d2).boxes) == 100 < len(run(tv).boxes) == 300
