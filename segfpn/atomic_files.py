@@ -26,12 +26,20 @@ def create_exclusive(path: str | os.PathLike) -> BinaryIO:
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
     """Call ``write(binary_file)`` on a temporary file next to ``path``, then move it in place."""
+    def write_new_file(temp: Path) -> None:
+        with create_exclusive(temp) as file:
+            write(file)
+
+    return write_atomic_by_name(path, write_new_file)
+
+
+def write_atomic_by_name(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """:func:`write_atomic` for writers that open the file by name themselves (FFmpeg reopens
+    an MP4 to move its index to the front): ``write(temp_path)`` makes the temporary file."""
     path = Path(path)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    file = create_exclusive(temp)
     try:
-        with file:
-            write(file)
+        write(temp)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import http.client
 import logging
 import re
-import socket
 import threading
 import time
 import urllib.error
@@ -24,6 +23,7 @@ import urllib.request
 import numpy as np
 
 from segfpn.imageio import MAX_MEGAPIXELS, ImageError, read_image
+from segfpn.net import ReportingHTTPHandler, ReportingHTTPSHandler, SocketWatch
 
 logger = logging.getLogger(__name__)
 
@@ -55,64 +55,6 @@ def url_file_name(url: str) -> str:
     return name or "image"
 
 
-class _Sockets:
-    """The sockets of one fetch, shut down together when its deadline passes (a read blocked
-    on a silent server returns at once)."""
-
-    def __init__(self) -> None:
-        self.expired = False
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-
-    def add(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.append(sock)
-            expired = self.expired
-        if expired:
-            _shut(sock)
-
-    def expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            sockets = list(self._sockets)
-        for sock in sockets:
-            _shut(sock)
-
-
-def _shut(sock: socket.socket) -> None:
-    try:
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's, also under TLS
-    except OSError:
-        pass
-
-
-def _connection_class(base, sockets: _Sockets):
-    class Connection(base):
-        def connect(self) -> None:
-            super().connect()
-            sockets.add(self.sock)
-
-    return Connection
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, sockets: _Sockets) -> None:
-        super().__init__()
-        self._connection = _connection_class(http.client.HTTPConnection, sockets)
-
-    def http_open(self, req):
-        return self.do_open(self._connection, req)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, sockets: _Sockets) -> None:
-        super().__init__()
-        self._connection = _connection_class(http.client.HTTPSConnection, sockets)
-
-    def https_open(self, req):
-        return self.do_open(self._connection, req)
-
-
 class _RedirectHandler(urllib.request.HTTPRedirectHandler):
     max_redirections = MAX_REDIRECTS
 
@@ -128,10 +70,10 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
-def _opener(sockets: _Sockets) -> urllib.request.OpenerDirector:
+def _opener(sockets: SocketWatch) -> urllib.request.OpenerDirector:
     """http(s) only: no file, ftp or data handlers at all, proxies from the environment."""
     opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), _HTTPHandler(sockets), _HTTPSHandler(sockets),
+    for handler in (urllib.request.ProxyHandler(), ReportingHTTPHandler(sockets.add), ReportingHTTPSHandler(sockets.add),
                     _RedirectHandler(), urllib.request.HTTPDefaultErrorHandler(),
                     urllib.request.HTTPErrorProcessor()):
         opener.add_handler(handler)
@@ -148,8 +90,8 @@ def fetch_url(url: str, *, max_bytes: int = MAX_URL_BYTES, deadline_s: float = D
     if not 0 < deadline_s < float("inf") or max_bytes < 1:
         raise ValueError(f"deadline_s must be a number of seconds above 0 and max_bytes at least 1, "
                          f"got {deadline_s}, {max_bytes}")
-    sockets = _Sockets()
-    timer = threading.Timer(deadline_s, sockets.expire)
+    sockets = SocketWatch()
+    timer = threading.Timer(deadline_s, sockets.shut_all)
     timer.daemon = True
     timer.start()
     start = time.monotonic()
@@ -166,7 +108,7 @@ def fetch_url(url: str, *, max_bytes: int = MAX_URL_BYTES, deadline_s: float = D
             exc.close()
             raise URLImageError(f"{url}: the server answered HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            if sockets.expired or time.monotonic() - start >= deadline_s:
+            if sockets.shut_down or time.monotonic() - start >= deadline_s:
                 raise late("no answer") from None
             reason = getattr(exc, "reason", exc)
             raise URLImageError(f"{url} could not be fetched: {reason}") from None
@@ -181,10 +123,10 @@ def fetch_url(url: str, *, max_bytes: int = MAX_URL_BYTES, deadline_s: float = D
                 try:
                     chunk = read(_CHUNK)
                 except (OSError, http.client.HTTPException) as exc:
-                    if sockets.expired:
+                    if sockets.shut_down:
                         raise late(f"{received} bytes received") from None
                     raise URLImageError(f"{url}: the connection broke after {received} bytes: {exc}") from None
-                if sockets.expired:
+                if sockets.shut_down:
                     raise late(f"{received} bytes received")
                 if not chunk:
                     break

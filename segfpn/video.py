@@ -31,7 +31,6 @@ import dataclasses
 import json
 import logging
 import os
-import secrets
 import shutil
 import threading
 import time
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segfpn.atomic_files import write_atomic, write_json
+from segfpn.atomic_files import write_atomic, write_atomic_by_name, write_json
 from segfpn.export import instances_to_coco_results
 from segfpn.imageio import ImageError, check_size
 from segfpn.outputs import DEFAULT_OVERLAY, Overlay, draw_overlay, file_stem, result_categories
@@ -310,15 +309,7 @@ def encode_part(file, frames: list[tuple[float, np.ndarray]], *, container_optio
 def join_parts(path: str | os.PathLike, parts: list[tuple[Path, float]]) -> Path:
     """Join MP4 parts made by :func:`encode_part` (``(path, start time in s)``) into one MP4 at
     ``path``, atomically, without re-encoding, each packet moved to its part's start time."""
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        _join(temp, parts)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic_by_name(path, lambda temp: _join(temp, parts))
 
 
 def _join(temp: Path, parts: list[tuple[Path, float]]) -> None:

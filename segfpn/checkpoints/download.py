@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import functools
 import hashlib
 import http.client
 import logging
@@ -57,6 +56,7 @@ from typing import BinaryIO, Callable
 from tqdm.auto import tqdm
 
 from segfpn.atomic_files import create_exclusive
+from segfpn.net import ReportingHTTPHandler, ReportingHTTPSHandler, SocketWatch
 from segfpn.checkpoints import catalogue
 from segfpn.checkpoints.catalogue import KnownCheckpoint, find
 from segfpn.checkpoints.errors import ChecksumError, DownloadCancelled, DownloadError, OfflineError
@@ -333,7 +333,7 @@ class _Stop:
         self._deadline_at = None if deadline_s is None else time.monotonic() + deadline_s
         self._stopped = threading.Event()
         self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
+        self._sockets = SocketWatch()
         self._cancel = cancel
         self._timer = None
         if deadline_s is not None:
@@ -357,19 +357,12 @@ class _Stop:
             if self.reason is not None:
                 return
             self.reason = reason
-            sockets = list(self._sockets)
         self._stopped.set()
-        for sock in sockets:
-            _shut(sock)
+        self._sockets.shut_all()
 
     def attach(self, sock: socket.socket) -> None:
         """Called with each new connection's socket, so that :meth:`stop` can shut it."""
-        with self._lock:
-            stopped = self.reason is not None
-            if not stopped:
-                self._sockets.add(sock)
-        if stopped:
-            _shut(sock)
+        self._sockets.add(sock)
 
     def io_timeout(self, timeout: float) -> float:
         """``timeout``, or less when the deadline is nearer (for connecting)."""
@@ -395,58 +388,10 @@ class _Stop:
                              + _hand_download_hint(checkpoint, dest), url=url, reason=reason)
 
 
-def _shut(sock: socket.socket) -> None:
-    try:
-        # socket.socket's own shutdown, also for an SSL socket: its override would drop the TLS
-        # state under the thread that is reading.
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:  # already closed or never connected
-        pass
-
-
-class _ReportingHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args, on_connect: Callable[[socket.socket], None], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_connect = on_connect
-
-    def connect(self) -> None:
-        super().connect()
-        self._on_connect(self.sock)
-
-
-class _ReportingHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args, on_connect: Callable[[socket.socket], None], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_connect = on_connect
-
-    def connect(self) -> None:
-        super().connect()  # TCP, a proxy tunnel if any, then TLS
-        self._on_connect(self.sock)
-
-
-class _ReportingHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, on_connect: Callable[[socket.socket], None]) -> None:
-        super().__init__()
-        self._connection = functools.partial(_ReportingHTTPConnection, on_connect=on_connect)
-
-    def http_open(self, req):
-        return self.do_open(self._connection, req)
-
-
-class _ReportingHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, on_connect: Callable[[socket.socket], None]) -> None:
-        super().__init__()
-        self._connection = functools.partial(_ReportingHTTPSConnection, on_connect=on_connect)
-
-    def https_open(self, req):
-        return self.do_open(self._connection, req)  # the default TLS context, as urlopen's
-
-
 def _urlopen(request: urllib.request.Request, *, timeout: float, stop: _Stop):
     """``urllib.request.urlopen`` (proxies from the environment, file:// too) that hands each
     connection's socket to ``stop``."""
-    opener = urllib.request.build_opener(_ReportingHTTPHandler(stop.attach),
-                                         _ReportingHTTPSHandler(stop.attach))
+    opener = urllib.request.build_opener(ReportingHTTPHandler(stop.attach), ReportingHTTPSHandler(stop.attach))
     return opener.open(request, timeout=timeout)
 
 
