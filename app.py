@@ -8,11 +8,17 @@ GRADIO_SERVER_NAME as set on Hugging Face Spaces), --port / SEGFPN_PORT (default
 GRADIO_SERVER_PORT), --weights / SEGFPN_WEIGHTS (a file or a known name, several separated by
 commas, tried in order; default: the catalogue's default checkpoint), --device / SEGFPN_DEVICE
 (default CUDA when present), --queue-size / SEGFPN_QUEUE_SIZE (requests that may wait; beyond
-it a request is answered "busy, try again" at once). SEGFPN_OFFLINE=1 never downloads.
+it a request is answered "busy, try again" at once), --session-memory-mb /
+SEGFPN_SESSION_MEMORY_MB (memory for the last runs of all sessions together, default 1024),
+--allow-reload / SEGFPN_ALLOW_RELOAD=1 (offer "Reload weights" to every visitor; default off).
+SEGFPN_OFFLINE=1 never downloads.
 
 Robustness (docs/robustness.md, tests/robustness/): a bad upload gets a message and the server
-goes on; uploads are read from Gradio's temp folder or memory only; the model is loaded once,
-and "Reload weights" reads the checkpoint again, keeping the loaded model when that fails.
+goes on; uploads are read from Gradio's temp folder or memory only; every event goes through
+the queue (no direct /run or /api call), the model runs for one request at a time; the server
+answers at once while a missing checkpoint downloads in the background; the model is loaded
+once, and "Reload weights" (when allowed) reads the checkpoint again, keeping the loaded model
+when that fails; SIGTERM stops the app as Ctrl+C does, removing its temporary files.
 
 This file is the UI only: the layout, the events and the queue. Reading, inference, drawing
 and the download files live in :mod:`segfpn.app_state` (drawing itself in :mod:`segfpn.viz`).
@@ -25,6 +31,8 @@ import base64
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -33,11 +41,13 @@ import numpy as np
 from gradio import processing_utils
 from gradio.components.annotated_image import AnnotatedImageData, Annotation
 from gradio.data_classes import FileData
+from gradio.utils import get_upload_folder
 from PIL import Image
 
 from segfpn import app_state
 from segfpn.app_state import (ACTIVATION_MODE_CHOICES, LEVELS, SEGMENT_COLUMNS, ModelSource,
-                              ReloadFailed, Run)
+                              ReloadFailed, Run, RunStore)
+from segfpn.atomic_files import write_png
 from segfpn.imageio import ImageError
 
 logger = logging.getLogger("segfpn.app")
@@ -55,10 +65,18 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
 QUEUE_SIZE = 16
 #: Largest upload accepted (the server refuses bigger ones before reading them).
 MAX_FILE_SIZE = "25mb"
-#: Sessions whose last run is kept (features and masks: up to ~200 MB each for a full-size
-#: model), and for how long after their last use.
-MAX_SESSIONS = 32
+#: Memory for the runs kept across all sessions (image, detections, masks, float16 pyramid
+#: features; :func:`segfpn.app_state.kept_bytes`): beyond it the least recently used session's
+#: run is dropped, and that session is asked to press Segment again.
+SESSION_MEMORY_MB = 1024
+#: A session's run is also dropped an hour after its last use.
 SESSION_TTL_S = 3600
+#: Gradio's per-session records (the run's key, the page's component states) kept at most.
+MAX_SESSIONS = 1000
+RUN_DROPPED = ("This run was dropped to free memory (the server keeps the last runs of all "
+               "sessions within a memory budget); press Segment again.")
+#: Seconds between refreshes of the model status while a checkpoint downloads or loads.
+STATUS_REFRESH_S = 3.0
 #: Height of the result views in CSS px: portrait photos fit on a screen.
 VIEW_HEIGHT = 560
 
@@ -111,6 +129,18 @@ with _without_pyi_stub():
             raise gr.Error("The upload did not arrive; please try again.")
 
 
+    class ViewImage(gr.Image):
+        """``gr.Image`` for the views: an array value goes to Gradio's cache whole
+        (:func:`_png_to_gradio_cache`), never rewritten in place while it is being served."""
+
+        is_template = True  # rendered by the frontend as a plain gr.Image
+
+        def postprocess(self, value):
+            if isinstance(value, np.ndarray):
+                value = _png_to_gradio_cache(value)
+            return super().postprocess(value)
+
+
     class SegmentsImage(gr.AnnotatedImage):
         """``gr.AnnotatedImage`` for many segments: each mask goes to the browser as a two-colour
         palette PNG (transparent, or the segment's colour at :attr:`MASK_OPACITY`), which is about
@@ -124,8 +154,7 @@ with _without_pyi_stub():
             if value is None:
                 return None
             base, annotations = value
-            base_path = processing_utils.save_img_array_to_cache(base, cache_dir=self.GRADIO_CACHE,
-                                                                 format=self.format)
+            base_path = _png_to_gradio_cache(base)
             colors = self.color_map or {}
             alpha = round(255 * self.MASK_OPACITY)
             sections = []
@@ -135,8 +164,7 @@ with _without_pyi_stub():
                 image = Image.fromarray(mask.astype(np.uint8), mode="L").convert("P")
                 image.putpalette([0, 0, 0, *(int(rgb[i:i + 2], 16) for i in (0, 2, 4))])
                 image.info["transparency"] = bytes([0, alpha])
-                path = processing_utils.save_pil_to_cache(image, cache_dir=self.GRADIO_CACHE,
-                                                          format="png")
+                path = _png_to_gradio_cache(image, name="mask")
                 sections.append(Annotation(image=FileData(path=str(path)), label=label))
             return AnnotatedImageData(image=FileData(path=str(base_path)), annotations=sections)
 
@@ -173,44 +201,64 @@ def user_errors(what: str):
         raise gr.Error(f"{what} failed: {e}") from e
 
 
-def _require(run: Run | None) -> bool:
-    """True when there is a run to draw from; else a notice and False (the event skips)."""
-    if isinstance(run, Run):
-        return True
-    gr.Warning("Press Segment first: the views are drawn from the last run of this session.")
-    return False
-
-
 class Events:
-    """The event functions: each one reads, runs or draws through :mod:`segfpn.app_state`."""
+    """The event functions: each one reads, runs or draws through :mod:`segfpn.app_state`.
 
-    def __init__(self, source: ModelSource, *, max_side: int = app_state.MAX_SIDE):
+    A session's ``gr.State`` holds the key of its last run in :attr:`runs` (a
+    :class:`~segfpn.app_state.RunStore` with a budget of bytes across sessions), not the run."""
+
+    def __init__(self, source: ModelSource, *, runs: RunStore, max_side: int = app_state.MAX_SIDE):
         self.source = source
+        self.runs = runs
         self.max_side = max_side
+        self.trim = app_state.IdleTrim()
+
+    def run_of(self, key) -> Run | None:
+        """The session's last run; None (after a notice) when it has none yet. A run dropped
+        to free memory is a ``gr.Error`` saying so: the person has to press Segment again."""
+        run = self.runs.get(key)
+        if run is not None:
+            return run
+        if self.runs.was_dropped(key):
+            raise gr.Error(RUN_DROPPED, title="Run dropped", print_exception=False)
+        gr.Warning("Press Segment first: the views are drawn from the last run of this session.")
+        return None
+
+    def forget(self, key) -> None:
+        """A session's state expired: its run goes."""
+        self.runs.discard(key)
+        self.trim.soon()
 
     def segment(self, image, score, opacity, show_boxes, show_labels, previous):
-        """Run the model once; keep the run in the session; return the instance overlay, the
+        """Run the model once; keep the run for the session; return the instance overlay, the
         downloads and the run's summary."""
         if image is None:
             raise gr.Error("Upload an image or pick an example first.")
-        with user_errors("Segmentation"):
+        with user_errors("Segmentation"), self.trim.running():
             predictor = self.source.get()
             name = Path(image).name if isinstance(image, str) else "pasted image"
             run = app_state.run_model(predictor, image, name=name, max_side=self.max_side)
             start = time.perf_counter()
-            try:
-                overlay = app_state.draw_instance_view(run, score_threshold=score, alpha=opacity,
-                                                       show_boxes=show_boxes, show_labels=show_labels)
-                files = app_state.write_downloads(run, overlay, app_state.new_request_dir(run),
+            overlay = app_state.draw_instance_view(run, score_threshold=score, alpha=opacity,
+                                                   show_boxes=show_boxes, show_labels=show_labels)
+            with app_state.request_dir() as folder:
+                files = app_state.write_downloads(run, overlay, folder,
                                                   categories=predictor.categories)
-            except BaseException:
-                app_state.release_dirs(run)  # this run is not kept: neither are its files
-                raise
-            app_state.release_dirs(previous)
+                paths = [_to_gradio_cache(files[k])
+                         for k in ("overlay", "instances", "panoptic_png", "panoptic_json")]
             run.timings["drawing"] = time.perf_counter() - start
-        paths = [str(files[k]) if files[k] else None
-                 for k in ("overlay", "instances", "panoptic_png", "panoptic_json")]
-        return (run, overlay, *paths, app_state.run_summary(run))
+            self.runs.discard(previous)
+            key = self.runs.put(run)
+        # The view shows the overlay download itself: one PNG, encoded once.
+        return (key, paths[0], *paths, app_state.run_summary(run))
+
+    def model_status(self):
+        """The model status (what is loaded, or downloading), and the timer that refreshes it
+        on the page while the model source is busy."""
+        status = self.source.describe()
+        ok = self.source.available and not self.source.busy
+        return (gr.Markdown(status, elem_classes=["status-ok" if ok else "status-warning"]),
+                gr.Timer(active=self.source.busy))
 
     def reload_model(self):
         """Read the checkpoint again (a file replaced while the app runs); on failure the page
@@ -220,9 +268,10 @@ class Events:
         gr.Info("Weights reloaded.")
         return gr.Markdown(self.source.describe(), elem_classes=["status-ok"])
 
-    def draw_views(self, run, score, level, mode, channel, roi_source):
+    def draw_views(self, key, score, level, mode, channel, roi_source):
         """After Segment: every other tab, drawn from the run."""
-        if not _require(run):
+        run = self.run_of(key)
+        if run is None:
             return [gr.skip()] * 12
         with user_errors("Drawing"):
             start = time.perf_counter()
@@ -237,45 +286,51 @@ class Events:
                 panoptic, rows, "", activation, info, self._channel_slider(run, level, channel),
                 levels, levels_text, app_state.run_summary(run))
 
-    def redraw_instances(self, run, score, opacity, classes, show_boxes, show_labels):
+    def redraw_instances(self, key, score, opacity, classes, show_boxes, show_labels):
         """The instance overlay again, with new display settings (the model does not run)."""
-        if not _require(run):
+        run = self.run_of(key)
+        if run is None:
             return gr.skip(), gr.skip(), gr.skip()
         with user_errors("Drawing"):
             overlay = app_state.draw_instance_view(run, score_threshold=score, alpha=opacity,
                                                    classes=classes, show_boxes=show_boxes,
                                                    show_labels=show_labels)
-            path = app_state.write_overlay(run, overlay, app_state.new_request_dir(run))
+            with app_state.request_dir() as folder:
+                path = _to_gradio_cache(app_state.write_overlay(run, overlay, folder))
             summary = app_state.instance_summary(run, score_threshold=score, classes=classes)
-        return overlay, str(path), summary
+        return path, path, summary  # the view shows the download itself
 
-    def inspect(self, run, level, mode, channel):
+    def inspect(self, key, level, mode, channel):
         """One pyramid level of the last run, summarised by ``mode``, over the image."""
-        if not _require(run):
+        run = self.run_of(key)
+        if run is None:
             return gr.skip(), gr.skip(), gr.skip()
         with user_errors("Inspector"):
             activation, info, channel = app_state.activation_view(run, level, mode, channel)
         return activation, info, self._channel_slider(run, level, channel)
 
-    def roi_levels(self, run, score, classes, roi_source):
+    def roi_levels(self, key, score, classes, roi_source):
         """The detections' boxes coloured by the pyramid level their RoI was pooled from."""
-        if not _require(run):
+        run = self.run_of(key)
+        if run is None:
             return gr.skip(), gr.skip()
         with user_errors("Drawing"):
             return app_state.levels_view(run, score_threshold=score, classes=classes,
                                          source=roi_source)
 
-    def select_segment(self, run, evt: gr.SelectData):
+    def select_segment(self, key, evt: gr.SelectData):
         """A row of the segment table selected: single out its segment in the panoptic view."""
-        if not _require(run) or run.result.panoptic is None:
+        run = self.run_of(key)
+        if run is None or run.result.panoptic is None:
             return gr.skip(), gr.skip()
         with user_errors("Drawing"):
             row = evt.row_value or app_state.segment_rows(run)[evt.index[0]]
             segment_id = int(row[0])
             return self._panoptic(run, highlight=segment_id), app_state.segment_details(run, segment_id)
 
-    def show_all_segments(self, run):
-        if not _require(run):
+    def show_all_segments(self, key):
+        run = self.run_of(key)
+        if run is None:
             return gr.skip(), gr.skip()
         with user_errors("Drawing"):
             return self._panoptic(run), ""
@@ -294,6 +349,28 @@ class Events:
         return gr.Slider(maximum=last, value=channel, label=f"Channel (0–{last}, for “single channel”)")
 
 
+def _to_gradio_cache(path: Path | None) -> str | None:
+    """A copy of ``path`` in Gradio's cache, which serves it (and deletes it after
+    ``delete_cache``'s hour, or at shutdown): the request's own folder can then go at once.
+    The copy is named by the file's hash and written whole before it appears."""
+    if path is None:
+        return None
+    return processing_utils.save_file_to_cache(path, cache_dir=get_upload_folder())
+
+
+def _png_to_gradio_cache(image: np.ndarray | Image.Image, name: str = "image") -> str:
+    """``image`` (uint8 [H, W, 3] or a PIL image) as a PNG in Gradio's cache
+    (:func:`_to_gradio_cache`). Gradio's own writer rewrites a cached picture in place, so a
+    request serving it while another request draws the same picture could send an empty file."""
+    with app_state.request_dir() as folder:
+        path = folder / f"{name}.png"
+        if isinstance(image, Image.Image):
+            image.save(path, format="PNG", compress_level=3)
+        else:
+            write_png(path, image)
+        return _to_gradio_cache(path)
+
+
 def _as_source(model) -> ModelSource:
     """A :class:`ModelSource` from a source, a predictor, a loader callable, or checkpoint names."""
     if isinstance(model, ModelSource):
@@ -306,17 +383,27 @@ def _as_source(model) -> ModelSource:
 
 
 def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_state.MAX_SIDE,
-               queue_size: int = QUEUE_SIZE) -> gr.Blocks:
+               queue_size: int = QUEUE_SIZE, allow_reload: bool = False,
+               runs: RunStore | None = None) -> gr.Blocks:
     """The app's Blocks, queue configured.
 
     ``model``: a :class:`~segfpn.predictor.Predictor` (or anything with its ``predict``), a
     :class:`~segfpn.app_state.ModelSource`, or checkpoint names/paths to try in order. The
-    model is loaded here, once; when none is available the page says what to fetch, and
-    Segment answers with a clear error (and tries the disk again).
+    checkpoints already on disk are loaded here, once; a missing one is downloaded in the
+    background while the app serves (the page says so and uses it once it has arrived). When
+    no model is available the page says what to fetch, and Segment answers with a clear error
+    (and tries the disk again).
+
+    Every event goes through the queue (direct HTTP calls to ``/run/…`` and ``/api/…`` are
+    refused), so the model runs for one request at a time whoever calls. ``allow_reload``:
+    offer "Reload weights" (``/reload_model``); without it there is no such button or endpoint
+    at all. ``runs``: where the sessions' last runs are kept (default: a
+    :class:`~segfpn.app_state.RunStore` of :data:`SESSION_MEMORY_MB`).
     """
     source = _as_source(model)
-    predictor = source.try_get()
-    events = Events(source, max_side=max_side)
+    predictor = source.start().try_get()
+    runs = runs if runs is not None else RunStore(budget_bytes=SESSION_MEMORY_MB << 20)
+    events = Events(source, runs=runs, max_side=max_side)
     panoptic_tabs = predictor is None or predictor.has_semantic_head
     # Every class of the model, until a run narrows the list to the classes it found.
     all_classes = sorted(set(predictor.categories.thing_names) - {"N/A"}) if predictor else []
@@ -324,14 +411,21 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_
                 buttons=["download", "fullscreen"])
 
     with gr.Blocks(title="segfpn", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
-        run_state = gr.State(None, time_to_live=SESSION_TTL_S,
-                             delete_callback=app_state.release_dirs)
+        # The key of the session's last run in events.runs (the run itself is kept there). The
+        # callback is a plain function: Gradio deep-copies a State's settings for every page it
+        # serves, and a bound method would take Events with it (the model and every run).
+        def forget(key):
+            events.forget(key)
+
+        run_state = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=forget)
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Row(equal_height=True):
             model_status = gr.Markdown(source.describe(), elem_id="model-status",
                                        elem_classes=["status-ok" if predictor else "status-warning"])
-            reload_btn = gr.Button("Reload weights", size="sm", scale=0, variant="secondary",
-                                   elem_id="reload-button")
+            status_timer = gr.Timer(STATUS_REFRESH_S, active=source.busy)
+            if allow_reload:
+                reload_btn = gr.Button("Reload weights", size="sm", scale=0, variant="secondary",
+                                       elem_id="reload-button")
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 image_in = ImageUpload(label="Image", type="filepath", height=340,
@@ -346,7 +440,7 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_
             with gr.Column(scale=5, min_width=480):
                 with gr.Tabs():
                     with gr.Tab("Instances", id="instances"):
-                        overlay = gr.Image(label="Instances", elem_id="instances-image", **view)
+                        overlay = ViewImage(label="Instances", elem_id="instances-image", **view)
                         instance_info = gr.Markdown(label="Detections shown", elem_id="instance-info")
                         with gr.Row():
                             score = gr.Slider(0.0, 1.0, 0.5, step=0.01, label="Score threshold",
@@ -358,7 +452,7 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_
                             show_boxes = gr.Checkbox(True, label="Boxes", scale=1)
                             show_labels = gr.Checkbox(True, label="Labels", scale=1)
                     with gr.Tab("Semantic", id="semantic", visible=panoptic_tabs):
-                        semantic = gr.Image(label="Semantic segmentation", **view)
+                        semantic = ViewImage(label="Semantic segmentation", **view)
                     with gr.Tab("Panoptic", id="panoptic", visible=panoptic_tabs):
                         panoptic = SegmentsImage(label="Panoptic segmentation", format="png",
                                                  show_label=False, height=VIEW_HEIGHT,
@@ -381,14 +475,14 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_
                                             label="Show", scale=3, elem_id="mode-radio")
                             channel = gr.Slider(0, 255, 0, step=1, scale=2,
                                                 label="Channel (for “single channel”)")
-                        pyramid = gr.Image(label="Activation over the image", elem_id="pyramid-image",
-                                           **view)
+                        pyramid = ViewImage(label="Activation over the image",
+                                            elem_id="pyramid-image", **view)
                         pyramid_info = gr.Markdown(label="Level", elem_id="pyramid-info")
                     with gr.Tab("RoI levels", id="levels"):
                         roi_source = gr.Radio([("mask head: RoI of the final box", "mask"),
                                                ("box head: RoI of the proposal", "box")],
                                               value="mask", label="RoI")
-                        levels = gr.Image(label="Boxes coloured by RoI level", **view)
+                        levels = ViewImage(label="Boxes coloured by RoI level", **view)
                         levels_info = gr.Markdown(app_state.viz.level_rule_text(),
                                                   label="Counts per level")
                     with gr.Tab("Downloads", id="downloads"):
@@ -407,10 +501,11 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_
         downloads = [file_overlay, file_coco, file_panoptic_png, file_panoptic_json]
         draw = dict(concurrency_id="draw", concurrency_limit=2)
         control = dict(trigger_mode="always_last", show_progress="minimal", **draw)
-        segment_btn.click(
+        segmented = segment_btn.click(
             events.segment, [image_in, score, opacity, show_boxes, show_labels, run_state],
             [run_state, overlay, *downloads, run_info], api_name="segment", concurrency_id="model",
-        ).success(
+        )
+        segmented.success(
             events.draw_views, [run_state, score, level, mode, channel, roi_source],
             [classes, instance_info, semantic, panoptic, table, selection, pyramid, pyramid_info,
              channel, levels, levels_info, run_info],
@@ -425,15 +520,25 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_
         gr.on([level.input, mode.input, channel.input], events.inspect,
               [run_state, level, mode, channel], [pyramid, pyramid_info, channel],
               api_name="inspect", **control)
-        # One model: a reload waits for the runs before it, and they for it.
-        reload_btn.click(events.reload_model, None, [model_status], api_name="reload_model",
-                         concurrency_id="model")
+        # The model status: on page load, after each Segment (a download may have arrived), and
+        # every few seconds while a download or load is under way.
+        status = dict(fn=events.model_status, inputs=None, outputs=[model_status, status_timer],
+                      concurrency_id="status", show_progress="hidden")
+        demo.load(api_name="model_status", **status)
+        segmented.then(api_visibility="private", **status)
+        status_timer.tick(api_visibility="private", **status)
+        if allow_reload:
+            # One model: a reload waits for the runs before it, and they for it.
+            reload_btn.click(events.reload_model, None, [model_status], api_name="reload_model",
+                             concurrency_id="model")
         table.select(events.select_segment, [run_state], [panoptic, selection],
                      api_visibility="private", **draw)
         show_all.click(events.show_all_segments, [run_state], [panoptic, selection],
                        api_visibility="private", **draw)
 
-    demo.queue(default_concurrency_limit=1, max_size=queue_size)
+    # api_open=False: gradio's /run/<name> and /api/<name> routes would run an event at once,
+    # outside the queue and its concurrency limits; they answer 404 instead.
+    demo.queue(default_concurrency_limit=1, max_size=queue_size, api_open=False)
     return demo
 
 
@@ -467,18 +572,63 @@ def parse_args(argv=None) -> argparse.Namespace:
                         default=int(env("SEGFPN_QUEUE_SIZE") or QUEUE_SIZE),
                         help="requests that may wait for the model; beyond this a request is "
                              "answered 'busy, try again' (SEGFPN_QUEUE_SIZE; default %(default)s)")
-    return parser.parse_args(argv)
+    parser.add_argument("--session-memory-mb", type=int,
+                        default=int(env("SEGFPN_SESSION_MEMORY_MB") or SESSION_MEMORY_MB),
+                        help="memory for the last runs of all sessions together; beyond it the "
+                             "least recently used is dropped (SEGFPN_SESSION_MEMORY_MB; default "
+                             "%(default)s)")
+    parser.add_argument("--allow-reload", action="store_true",
+                        default=env("SEGFPN_ALLOW_RELOAD", "").strip().lower() in {"1", "true", "yes", "on"},
+                        help="offer 'Reload weights' (and the /reload_model endpoint) to every "
+                             "visitor (SEGFPN_ALLOW_RELOAD=1; default: off)")
+    args = parser.parse_args(argv)
+    if args.session_memory_mb <= 0:
+        parser.error(f"--session-memory-mb must be positive, got {args.session_memory_mb}")
+    return args
+
+
+def stop_signals() -> threading.Event:
+    """An event set by the first SIGTERM (``kill``, ``docker stop``, systemd) or SIGINT
+    (Ctrl+C); a second one ends the process at once. Python's default for SIGTERM ends the
+    process with no clean-up at all. Call from the main thread."""
+    stopped = threading.Event()
+
+    def stop(signum, frame):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        stopped.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    return stopped
+
+
+def serve_until(stopped: threading.Event, demo: gr.Blocks, **launch_options) -> None:
+    """Serve ``demo`` (:func:`launch`) until ``stopped`` is set, then close it: Gradio deletes
+    the files it cached (uploads, results), and the exit handlers remove the app's own temp
+    folder when the process ends."""
+    launch(demo, prevent_thread_lock=True, **launch_options)
+    try:
+        while not stopped.wait(0.5):
+            pass
+    finally:
+        demo.close()
 
 
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup requests
     args = parse_args(argv)
+    stopped = stop_signals()
     source = ModelSource(app_state.candidate_checkpoints(args.weights), device=args.device)
-    demo = build_demo(source, max_side=args.max_side, queue_size=args.queue_size)
+    demo = build_demo(source, max_side=args.max_side, queue_size=args.queue_size,
+                      allow_reload=args.allow_reload,
+                      runs=RunStore(budget_bytes=args.session_memory_mb << 20))
     if not source.available:
         logger.warning("no model loaded; the page says what to fetch:\n%s", source.describe())
-    launch(demo, host=args.host, port=args.port)
+    if not stopped.is_set():  # not stopped while loading
+        serve_until(stopped, demo, host=args.host, port=args.port)
+    logger.info("stopped")
 
 
 if __name__ == "__main__":

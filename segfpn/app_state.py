@@ -12,24 +12,29 @@
   :func:`draw_instance_view`, :func:`draw_semantic_view`, :func:`panoptic_view`,
   :func:`activation_view`, :func:`levels_view`, plus the texts and table beside them.
 * :func:`write_downloads`: the overlay PNG, COCO results JSON and COCO panoptic PNG + JSON, in a
-  fresh temporary folder per request (:func:`new_request_dir`).
+  scratch folder of the request's own (:func:`request_dir`).
+* :class:`RunStore`: the sessions' last runs, within a budget of bytes across all sessions
+  (:func:`kept_bytes`), the least recently used dropped first.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import ctypes
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
+import sys
 import tempfile
 import threading
 import time
-import weakref
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -41,8 +46,9 @@ from segfpn import viz
 from segfpn.checkpoints import catalogue
 from segfpn.checkpoints import download as downloads
 from segfpn.checkpoints.errors import CheckpointError
-from segfpn.export import instances_to_coco_results, panoptic_to_coco, write_atomic, write_panoptic_png
-from segfpn.imageio import read_image
+from segfpn.atomic_files import write_atomic
+from segfpn.export import instances_to_coco_results, panoptic_to_coco, write_panoptic_png
+from segfpn.imageio import ImageError, read_image
 from segfpn.predictor import load
 from segfpn.structures import Result
 
@@ -57,9 +63,12 @@ MAX_SIDE = 2000
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "weights" / "synthetic_panoptic_fpn.safetensors"
 #: Checkpoints tried after the one asked for, in order.
 FALLBACK_CHECKPOINTS: tuple[str, ...] = (str(BUNDLED_MODEL),)
+OFFLINE_MODEL = ("segfpn's small model trained on synthetic shapes: circles, squares, triangles and stars "
+                 "on sky, grass, water and wall. Try the synthetic examples; on photos it finds nothing useful.")
 OFFLINE_BANNER = ("**Offline model in use.** No COCO checkpoint could be loaded (see below), so this is "
-                  "segfpn's small model trained on synthetic shapes: circles, squares, triangles and stars "
-                  "on sky, grass, water and wall. Try the synthetic examples; on photos it finds nothing useful.")
+                  + OFFLINE_MODEL)
+#: The shorter side of an image as segmented is at least this (segfpn.read_image's own minimum).
+MIN_SIDE = 2
 #: Seconds a startup download may wait for the server (per connection and per read).
 DOWNLOAD_TIMEOUT_S = 15.0
 #: A candidate ending so is a file path (missing: "does not exist"), not a catalogue name.
@@ -152,10 +161,14 @@ def candidate_checkpoints(weights: str | Sequence[str] | None = None) -> list[st
 class ModelSource:
     """The checkpoints to try, in order, and the predictor of the first that loads.
 
-    ``candidates``: checkpoint files or catalogue names. A known name missing from ``weights/``
-    is downloaded once, with a short timeout (none with ``allow_download=False`` or
-    ``SEGFPN_OFFLINE=1``); later attempts only look on disk again, so a file put in place while
-    the app runs is picked up by the next request without a restart.
+    ``candidates``: checkpoint files or catalogue names. :meth:`start` loads in a background
+    thread, so that a server can answer at once: first the best candidate already on disk,
+    then, one at a time and in order, the known checkpoints before it that are missing are
+    downloaded (none with ``allow_download=False`` or ``SEGFPN_OFFLINE=1``); the first that
+    arrives and loads replaces the model in use. :meth:`describe` says what is happening
+    ("Downloading `name` (12.0 of 243.0 MB)…; the model below is used meanwhile"). A download
+    is tried once per start; later attempts only look on disk again, so a file put in place
+    while the app runs is picked up by the next request without a restart.
 
     Once loaded, the model is never read from disk again unless :meth:`reload` is called: a
     checkpoint file deleted, corrupted or replaced while the app runs changes nothing until then,
@@ -175,8 +188,10 @@ class ModelSource:
         self._predictor = None
         self._factory: Callable[[], object] | None = None
         self._fixed = False  # a predictor handed over: no file to reload
-        self._tried_download = False
         self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._on_disk_tried = threading.Event()  # the background thread's first step is done
+        self._activity: _Activity | None = None  # a download or load under way, for the page
 
     @classmethod
     def from_predictor(cls, predictor, name: str | None = None) -> "ModelSource":
@@ -184,6 +199,7 @@ class ModelSource:
         source = cls([name or getattr(predictor, "source", "") or "model"], allow_download=False)
         source._predictor, source._fixed = predictor, True
         source.loaded_from = source.candidates[0]
+        source._on_disk_tried.set()
         return source
 
     @classmethod
@@ -191,20 +207,56 @@ class ModelSource:
         """A source whose predictor comes from calling ``factory()`` (once, on first use)."""
         source = cls([name], allow_download=False)
         source._factory = factory
+        source._on_disk_tried.set()
         return source
 
     @property
     def available(self) -> bool:
         return self._predictor is not None
 
+    @property
+    def busy(self) -> bool:
+        """True while the background thread downloads or loads a checkpoint."""
+        return self._activity is not None
+
+    def start(self) -> "ModelSource":
+        """Start loading in a background thread (once; a daemon: it never delays the exit).
+        :meth:`get` waits for its first step, the candidates already on disk, never for a
+        download."""
+        with self._lock:
+            if self._thread is None and not self._on_disk_tried.is_set():
+                self._thread = threading.Thread(target=self._load_in_background, daemon=True,
+                                                name="segfpn-model-source")
+                self._thread.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the background loading, downloads included, has ended; False on timeout."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
     def get(self):
-        """The shared predictor; raises :class:`ModelUnavailable` when no candidate loads."""
+        """The shared predictor; raises :class:`ModelUnavailable` when no candidate loads (or
+        none has arrived yet: its problem then says it is being downloaded)."""
+        self.start()
+        self._on_disk_tried.wait()
         with self._lock:
             if self._predictor is None:
-                download = self.allow_download and not self._tried_download
-                self._tried_download = True
-                self._use(*self._load_first(self.candidates, download=download))
+                if self.busy:  # nothing on disk, the download under way: it says so
+                    raise ModelUnavailable(self.problems)
+                # The files may have been put in place since the last look.
+                self._use(*self._load_first(self.candidates, download=False))
             return self._predictor
+
+    def try_get(self):
+        """The predictor, or ``None`` when no candidate loads (see :attr:`problems`)."""
+        try:
+            return self.get()
+        except ModelUnavailable:
+            return None
 
     def reload(self):
         """Read the checkpoints from disk again (never downloading) and use the first that loads.
@@ -214,10 +266,9 @@ class ModelSource:
         and :class:`ReloadFailed` says why for each file; with no model loaded yet this is
         :meth:`get` (raising :class:`ModelUnavailable`). Returns the new predictor.
         """
+        if self._predictor is None:
+            return self.get()
         with self._lock:
-            if self._predictor is None:
-                self._use(*self._load_first(self.candidates, download=False))
-                return self._predictor
             if self._fixed:
                 raise ReloadFailed("this app was given a model object, not a checkpoint file: "
                                    "there is nothing to reload.")
@@ -235,12 +286,90 @@ class ModelSource:
     def _use(self, predictor, candidate: str, problems: list[Unavailable]) -> None:
         self._predictor, self.loaded_from, self.problems = predictor, candidate, problems
 
-    def try_get(self):
-        """The predictor, or ``None`` when no candidate loads (see :attr:`problems`)."""
+    def _load_in_background(self) -> None:
+        """What :meth:`start` runs: the candidates on disk, then the downloads before them."""
+        missing: list[str] = []
         try:
-            return self.get()
-        except ModelUnavailable:
-            return None
+            with self._lock:
+                try:
+                    self._use(*self._load_first(self.candidates, download=False))
+                except ModelUnavailable:
+                    pass  # self.problems says why; the downloads below may still bring one
+                missing = self._downloadable(self._better_than_loaded())
+                if missing:  # before anyone reads the page: it says what comes next
+                    self._activity = _Activity("downloading", missing[0])
+                    self._mark(missing, "not on disk yet: downloading it in the background.")
+        finally:
+            self._on_disk_tried.set()
+        try:
+            for candidate in missing:
+                if self._download_and_use(candidate):
+                    break
+        except Exception:  # a bug: logged, and the model in use stays
+            logger.exception("loading the checkpoints in the background failed")
+        finally:
+            self._activity = None
+
+    def _better_than_loaded(self) -> list[str]:
+        """The candidates before the one loaded (all of them when none is)."""
+        if self.loaded_from is None:
+            return list(self.candidates)
+        return self.candidates[:self.candidates.index(self.loaded_from)]
+
+    def _downloadable(self, candidates: Sequence[str]) -> list[str]:
+        """Those of ``candidates`` that are known checkpoints missing from disk, when this
+        source may download."""
+        if not self.allow_download or downloads.offline_from_env():
+            return []
+        missing = []
+        for candidate in candidates:
+            if Path(candidate).expanduser().exists():
+                continue
+            try:
+                known = catalogue.find(candidate)
+            except KeyError:
+                continue
+            if not downloads.local_path(known).is_file():
+                missing.append(candidate)
+        return missing
+
+    def _mark(self, candidates: Sequence[str], reason: str) -> None:
+        """Give each of ``candidates`` the problem ``reason`` (with where to fetch it)."""
+        for candidate in candidates:
+            known = catalogue.find(candidate)
+            self._set_problem(Unavailable(candidate, reason, downloads.resolve_url(known),
+                                          downloads.local_path(known)))
+
+    def _set_problem(self, problem: "Unavailable") -> None:
+        """Replace the problem of ``problem.candidate`` (or add it, in candidate order)."""
+        others = [p for p in self.problems if p.candidate != problem.candidate]
+        order = {c: i for i, c in enumerate(self.candidates)}
+        self.problems = sorted([*others, problem], key=lambda p: order.get(p.candidate, len(order)))
+
+    def _download_and_use(self, candidate: str) -> bool:
+        """Download ``candidate`` (no lock held: requests go on with the model in use), load it
+        and use it if it still comes before the loaded one. True when it is in use."""
+        self._activity = _Activity("downloading", candidate)
+        found = self._locate(candidate, download=True)
+        if isinstance(found, Unavailable):
+            with self._lock:
+                self._set_problem(found)
+            return False
+        self._activity = _Activity("loading", candidate)
+        try:
+            predictor = load_shared(found, device=self.device, loader=self.loader)
+        except Exception as e:  # a corrupt or foreign file: say so, keep the model in use
+            logger.warning("could not load %s: %s", found, e, exc_info=not isinstance(e, CheckpointError))
+            with self._lock:
+                self._set_problem(Unavailable(candidate, f"{found} could not be loaded: {_sentence(str(e))}"))
+            return False
+        with self._lock:
+            if candidate not in self._better_than_loaded():
+                return False  # a reload found something at least as good meanwhile
+            before = self.candidates[:self.candidates.index(candidate)]
+            self._use(predictor, candidate, [p for p in self.problems if p.candidate in before])
+        logger.info("now using %s (downloaded while the app was serving)", candidate)
+        return True
 
     def _load_first(self, candidates: Sequence[str], *, download: bool, fresh: bool = False
                     ) -> tuple[object, str, list[Unavailable]]:
@@ -311,20 +440,63 @@ class ModelSource:
             return Unavailable(candidate, _sentence(f"could not download it: {e}"), url, dest)
 
     def describe(self) -> str:
-        """Markdown: what is loaded, or why nothing is and what to do about it."""
+        """Markdown: what is loaded, what is being downloaded or loaded for it, or why nothing
+        is and what to do about it."""
+        activity = self._activity.markdown() if self._activity is not None else None
         if self._predictor is not None:
             text = describe_model(self._predictor, self.loaded_from or "")
-            if self.loaded_from in FALLBACK_CHECKPOINTS and self.problems:
+            fallback = self.loaded_from in FALLBACK_CHECKPOINTS and self.problems
+            if activity:
+                meanwhile = (f"the offline model is used meanwhile: {OFFLINE_MODEL}" if fallback
+                             else "the model below is used meanwhile.")
+                text = f"{activity}; {meanwhile}\n\n{text}"
+            elif fallback:
                 text = OFFLINE_BANNER + "\n\n" + text
             if self.problems:  # candidates before the loaded one
                 text += "\n\nNot used, tried first:\n" + "\n".join(p.markdown() for p in self.problems)
             return text
+        if activity:
+            return "\n".join([f"{activity}; Segment works once it has arrived (this page says "
+                              "so). Tried, in order:", "", *(p.markdown() for p in self.problems)])
         lines = ["**No model is loaded**, so Segment cannot run yet. Tried, in order:", "",
                  *(p.markdown() for p in self.problems), "",
                  "Put the file in place and press Segment again (no restart needed), or start "
                  "the app with `--weights PATH_OR_NAME` (`SEGFPN_WEIGHTS`). "
                  "`weights/README.md` lists every known checkpoint."]
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Activity:
+    """What :class:`ModelSource`'s background thread is doing: "downloading" or "loading"
+    the catalogue checkpoint ``candidate``."""
+
+    kind: str
+    candidate: str
+
+    def markdown(self) -> str:
+        """"**Downloading `name`** (12.0 of 243.0 MB)…" or "**Loading `name`**…"."""
+        if self.kind != "downloading":
+            return f"**Loading `{self.candidate}`**…"
+        known = catalogue.find(self.candidate)
+        dest = downloads.local_path(known)
+        # download() writes into "<file>.part-<random>" beside its destination: its size is
+        # what has arrived.
+        received = sum(_file_size(p) for p in dest.parent.glob(f"{known.file_name}.part-*"))
+        total = known.size_bytes or (known.approx_size_mb or 0) * 2**20
+        of = f" of {_megabytes(total)}" if total else ""
+        return f"**Downloading `{self.candidate}`** ({_megabytes(received)}{of})…"
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # renamed or removed meanwhile
+        return 0
+
+
+def _megabytes(num_bytes: float) -> str:
+    return f"{num_bytes / 2**20:.1f} MB"
 
 
 def _sentence(text: str) -> str:
@@ -359,9 +531,7 @@ class Run:
     ``result`` refers to it. original_size: (H, W) of the upload. features: level name ->
     float16 [C, h, w] (half of float32's memory; the inspector normalises anyway).
     timings: seconds per stage, "drawing" included once the views are drawn.
-    dirs: the request folders holding this session's downloads, removed with the run: by
-    :func:`release_dirs`, or when the run is dropped in any other way (a session evicted by
-    Gradio's ``state_session_capacity`` gets no delete callback).
+    Kept between requests by a :class:`RunStore`.
     """
 
     name: str
@@ -371,25 +541,37 @@ class Run:
     features: dict[str, np.ndarray]
     timings: dict[str, float]
     device: str
-    dirs: list[Path] = field(default_factory=list)
-
-    def __post_init__(self):
-        weakref.finalize(self, _remove_dirs, self.dirs)
 
     @property
     def downscaled(self) -> bool:
         return tuple(self.image.shape[:2]) != tuple(self.original_size)
 
 
+def _size_text(size: tuple[int, int]) -> str:
+    """(H, W) as "WxH", the way :mod:`segfpn.imageio` writes sizes."""
+    return f"{size[1]}x{size[0]}"
+
+
 def prepare_image(source, *, max_side: int = MAX_SIDE) -> tuple[np.ndarray, tuple[int, int]]:
     """``(rgb, original (H, W))``: ``source`` read by :func:`segfpn.read_image` (raises
     :class:`~segfpn.ImageError` with a clear message) and, when its longest side is above
-    ``max_side``, downscaled to it with area averaging."""
+    ``max_side``, downscaled to it with area averaging.
+
+    An image so elongated that its shorter side would end below :data:`MIN_SIDE` px is refused
+    with an :class:`~segfpn.ImageError` naming its size as uploaded, never downscaled to a
+    size the person did not upload.
+    """
     rgb = read_image(source)
     h, w = rgb.shape[:2]
     scale = max_side / max(h, w)
     if scale < 1.0:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        short = min(h, w) * scale
+        if round(short) < MIN_SIDE:
+            raise ImageError(
+                f"image is {_size_text((h, w))} pixels: too elongated to segment. Downscaled to "
+                f"{max_side} px on its longest side, its shorter side would be {short:.2g} px "
+                f"(at least {MIN_SIDE} px are needed); crop it to a shape closer to a photo's.")
+        size = (max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale)))
         rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
     return rgb, (h, w)
 
@@ -403,17 +585,218 @@ def _half(feature) -> np.ndarray:
 
 
 def run_model(predictor, source, *, name: str = "image", max_side: int = MAX_SIDE) -> Run:
-    """Read ``source``, run ``predictor`` on it once (features included) and keep everything."""
+    """Read ``source``, run ``predictor`` on it once (features included) and keep everything.
+
+    An :class:`~segfpn.ImageError` from the predictor about a downscaled image names the
+    size uploaded too: the person never saw the downscaled one."""
     start = time.perf_counter()
     image, original_size = prepare_image(source, max_side=max_side)
     read_s = time.perf_counter() - start
-    result = predictor.predict(image, return_features=True)
+    try:
+        result = predictor.predict(image, return_features=True)
+    except ImageError as e:
+        if tuple(image.shape[:2]) == tuple(original_size):
+            raise
+        raise ImageError(f"the uploaded image is {_size_text(original_size)} pixels, downscaled "
+                         f"to {_size_text(image.shape[:2])} (--max-side {max_side}) before "
+                         f"segmenting, and then: {e}") from e
     features = {k: _half(v) for k, v in (result.features or {}).items()}
     result.features = None
     timings = dict(result.timings)
     timings["preprocess"] = timings.get("preprocess", 0.0) + read_s
     return Run(name=name, image=image, original_size=original_size, result=result,
                features=features, timings=timings, device=str(result.device))
+
+
+# ---------------------------------------------------------------------------------------------
+# The runs kept between requests: a budget of bytes across sessions
+
+
+def kept_bytes(obj) -> int:
+    """Bytes held by the numpy arrays, torch tensors and bytes reachable from ``obj``: through
+    dicts, lists, tuples, sets and the attributes of segfpn's own objects (a :class:`Run`, its
+    ``Result``, whatever arrays they hold, full or cropped). Every buffer is counted once: a
+    view counts as the array it views, whole."""
+    seen: set = set()  # ids of the objects walked, ("array" | "storage", id) of the buffers
+    total = 0
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, np.ndarray):
+            owner = item
+            while isinstance(owner.base, np.ndarray):
+                owner = owner.base
+            if ("array", id(owner)) not in seen:
+                seen.add(("array", id(owner)))
+                total += owner.nbytes
+        elif isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            key = ("storage", storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+        elif isinstance(item, (bytes, bytearray)):
+            total += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif type(item).__module__.startswith("segfpn"):
+            stack.extend(getattr(item, "__dict__", {}).values())
+            stack.extend(getattr(item, s) for s in getattr(type(item), "__slots__", ())
+                         if hasattr(item, s))
+    return total
+
+
+#: How many dropped runs' keys :class:`RunStore` remembers, to say "dropped" rather than
+#: "press Segment first" (32 bytes each).
+_DROPPED_KEYS_REMEMBERED = 10_000
+
+
+class RunStore:
+    """The runs that sessions keep between requests, ``budget_bytes`` of them at most in all
+    (each run's size is :func:`kept_bytes`, measured when stored and again whenever used, so
+    arrays a run builds on demand count too).
+
+    Storing or using a run drops the least recently used others until the total fits; the run
+    just stored or used is never dropped for its own sake, so one run larger than the whole
+    budget is kept, alone. A dropped run's key answers ``None`` from :meth:`get`
+    (:meth:`was_dropped` tells it from a key never stored). Its memory is freed once no request
+    draws from it any more; handing it back to the OS is :class:`IdleTrim`'s job. Thread-safe.
+    """
+
+    def __init__(self, *, budget_bytes: int):
+        if budget_bytes <= 0:
+            raise ValueError(f"budget_bytes must be positive, got {budget_bytes}")
+        self.budget_bytes = int(budget_bytes)
+        self._runs: OrderedDict[str, tuple[Run, int]] = OrderedDict()  # oldest use first
+        self._dropped: OrderedDict[str, None] = OrderedDict()  # keys dropped for room, bounded
+        self._total = 0
+        self._lock = threading.Lock()
+
+    @property
+    def total_bytes(self) -> int:
+        return self._total
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def put(self, run: Run) -> str:
+        """Keep ``run``; returns its key (for the session's ``gr.State``)."""
+        key = secrets.token_hex(12)
+        with self._lock:
+            self._set(key, run)
+            self._make_room(keep=key)
+        return key
+
+    def get(self, key: str | None) -> Run | None:
+        """The run stored under ``key``, marked as just used; ``None`` when there is none."""
+        with self._lock:
+            entry = self._runs.get(key) if key is not None else None
+            if entry is None:
+                return None
+            self._runs.move_to_end(key)
+            self._set(key, entry[0])  # measured again: what it built since counts
+            self._make_room(keep=key)
+        return entry[0]
+
+    def was_dropped(self, key: str | None) -> bool:
+        """True when ``key``'s run was dropped to free memory (the most recent keys only)."""
+        return key in self._dropped
+
+    def discard(self, key: str | None) -> None:
+        """Forget ``key``'s run (a newer run replaced it, or its session ended)."""
+        with self._lock:
+            entry = self._runs.pop(key, None) if key is not None else None
+            if entry is not None:
+                self._total -= entry[1]
+
+    def _set(self, key: str, run: Run) -> None:
+        size = kept_bytes(run)
+        previous = self._runs.get(key)
+        self._total += size - (previous[1] if previous else 0)
+        self._runs[key] = (run, size)
+
+    def _make_room(self, *, keep: str) -> None:
+        while self._total > self.budget_bytes and len(self._runs) > 1:
+            key = next(iter(self._runs))
+            if key == keep:  # the newest use is oldest only when alone; guarded above
+                break
+            run, size = self._runs.pop(key)
+            self._total -= size
+            self._dropped[key] = None
+            logger.info("dropped the run of %s (%s): the runs kept stay within %s",
+                        run.name, _megabytes(size), _megabytes(self.budget_bytes))
+        while len(self._dropped) > _DROPPED_KEYS_REMEMBERED:
+            self._dropped.popitem(last=False)
+
+
+class IdleTrim:
+    """Hands the memory freed inside the process back to the OS (:func:`return_freed_memory`)
+    once no model run has started or ended for ``idle_s`` seconds.
+
+    On CPU the predictor makes glibc keep freed blocks for reuse
+    (:func:`segfpn.model.optimize.keep_freed_memory`): back-to-back runs reuse the working
+    memory of the one before instead of page-faulting it in again, but a server would stay at
+    its peak forever. Trimming only when idle keeps the first and not the second.
+    """
+
+    def __init__(self, *, idle_s: float = 2.0):
+        self.idle_s = idle_s
+        self._lock = threading.Lock()
+        self._running = 0
+        self._generation = 0  # bumped by every start and end: a timer of an older one skips
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Around a model run (and what it stores or drops)."""
+        with self._lock:
+            self._running += 1
+            self._generation += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+            self.soon()
+
+    def soon(self) -> None:
+        """Trim ``idle_s`` from now unless a run starts or ends meanwhile (memory was freed:
+        runs dropped, a session ended)."""
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        timer = threading.Timer(self.idle_s, self._trim_if_idle, args=(generation,))
+        timer.daemon = True
+        timer.start()
+
+    def _trim_if_idle(self, generation: int) -> None:
+        with self._lock:
+            idle = self._running == 0 and self._generation == generation
+        if idle:
+            return_freed_memory()
+
+
+def return_freed_memory() -> bool:
+    """Hand memory that is free inside the process back to the OS (glibc's ``malloc_trim``:
+    the top of the heap, and the free pages inside every arena). Some tens of ms. A no-op
+    returning False where glibc is absent."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else False
+        except OSError:
+            _LIBC = False
+    if not _LIBC:
+        return False
+    return bool(_LIBC.malloc_trim(0))
+
+
+_LIBC = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,7 +980,7 @@ def run_summary(run: Run) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Downloads: a fresh temporary folder per request
+# Downloads: written in a scratch folder per request
 
 
 _ROOT: Path | None = None
@@ -605,6 +988,8 @@ _ROOT_LOCK = threading.Lock()
 
 
 def _downloads_root() -> Path:
+    """This process's folder for request folders (``segfpn-app-*`` in the temp folder),
+    removed at exit; app.py turns SIGTERM into a normal exit so that this runs then too."""
     global _ROOT
     with _ROOT_LOCK:
         if _ROOT is None or not _ROOT.is_dir():
@@ -613,24 +998,17 @@ def _downloads_root() -> Path:
         return _ROOT
 
 
-def new_request_dir(run: Run) -> Path:
-    """A new empty temporary folder for this request's files. The run's older folders are
-    removed (their files were already handed out), so a session holds one folder at a time."""
-    release_dirs(run)
+@contextlib.contextmanager
+def request_dir() -> Iterator[Path]:
+    """A new empty folder for one request's files, removed with everything in it when the
+    block ends. Files meant to outlive the request must be copied out before (app.py hands
+    them to Gradio's cache, which serves them). No request ever touches another's folder, so
+    two requests of one session can run at once."""
     directory = Path(tempfile.mkdtemp(prefix="request-", dir=_downloads_root()))
-    run.dirs.append(directory)
-    return directory
-
-
-def release_dirs(run) -> None:
-    """Remove every temporary folder of ``run`` (also used when a session's state expires)."""
-    if isinstance(run, Run):
-        _remove_dirs(run.dirs)
-
-
-def _remove_dirs(dirs: list[Path]) -> None:
-    while dirs:
-        shutil.rmtree(dirs.pop(), ignore_errors=True)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def file_stem(name: str) -> str:
@@ -655,7 +1033,7 @@ def write_overlay(run: Run, overlay: np.ndarray, directory: Path) -> Path:
 
 def write_downloads(run: Run, overlay: np.ndarray, directory: Path, *,
                     categories=None) -> dict[str, Path | None]:
-    """Write the four downloads into ``directory`` (a :func:`new_request_dir`).
+    """Write the four downloads into ``directory`` (a :func:`request_dir`).
 
     Returns ``{"overlay": PNG, "instances": COCO results JSON (RLE masks), "panoptic_png":
     COCO panoptic PNG, "panoptic_json": its annotation}``; the panoptic ones are None without a

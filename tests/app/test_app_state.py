@@ -1,4 +1,5 @@
-"""segfpn.app_state without a server: model candidates, image intake, views and downloads."""
+"""segfpn.app_state without a server: model candidates, image intake, views, downloads and the
+runs kept between requests."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from app_testing import PHOTO
 
 from segfpn import app_state, read_image
@@ -55,7 +57,8 @@ def test_failed_download_is_reported_not_raised(monkeypatch, tmp_path):
     monkeypatch.setenv("SEGFPN_WEIGHTS_DIR", str(tmp_path / "weights"))
     monkeypatch.setenv("SEGFPN_BASE_URL", (tmp_path / "no-mirror-here").as_uri())
     source = ModelSource([catalogue.default_checkpoint().name], download_timeout=2)
-    assert source.try_get() is None
+    assert source.try_get() is None  # at once: the download runs in the background
+    assert source.wait(timeout=60)
     assert "could not" in source.problems[0].reason
     assert source.problems[0].url.startswith("file:")
     assert source.try_get() is None  # the second attempt only looks on disk
@@ -120,19 +123,18 @@ def test_panoptic_view_and_table(run):
     assert f"p{thing.level}" in app_state.segment_details(run, thing.id)
 
 
-def test_downloads_go_to_a_fresh_folder_per_request(run, mini_predictor):
+def test_downloads_go_to_a_folder_of_the_request_own(run, mini_predictor):
     overlay = app_state.draw_instance_view(run)
-    first = app_state.new_request_dir(run)
-    files = app_state.write_downloads(run, overlay, first, categories=mini_predictor.categories)
-    assert {p.parent for p in files.values()} == {first}
-    assert files["instances"].name == "voc2007_000001_portrait_instances_coco.json"
-    document = json.loads(files["panoptic_json"].read_text())
-    assert document["annotations"][0]["file_name"] == files["panoptic_png"].name
-    assert len(document["categories"]) == 133
-    second = app_state.new_request_dir(run)
-    assert second != first and not first.exists() and run.dirs == [second]
-    app_state.release_dirs(run)
-    assert not second.exists() and run.dirs == []
+    with app_state.request_dir() as first, app_state.request_dir() as second:
+        assert first != second and not any(first.iterdir())
+        files = app_state.write_downloads(run, overlay, first, categories=mini_predictor.categories)
+        assert {p.parent for p in files.values()} == {first}
+        assert files["instances"].name == "voc2007_000001_portrait_instances_coco.json"
+        document = json.loads(files["panoptic_json"].read_text())
+        assert document["annotations"][0]["file_name"] == files["panoptic_png"].name
+        assert len(document["categories"]) == 133
+        assert not any(second.iterdir())  # another request's folder is left alone
+    assert not first.exists() and not second.exists()  # removed when their requests end
 
 
 def test_summary_has_the_stages_and_the_device(run):
@@ -141,3 +143,101 @@ def test_summary_has_the_stages_and_the_device(run):
     for part in ("preprocess", "backbone + FPN", "heads", "drawing 0.25 s", "on **cpu**", "353 × 500 px"):
         assert part in text
     assert read_image(PHOTO).shape == run.image.shape
+
+
+# --- the runs kept between requests -----------------------------------------------------------
+
+def _run_of(nbytes: int, name: str = "run") -> app_state.Run:
+    """A Run holding ``nbytes`` of image bytes and nothing else."""
+    return app_state.Run(name=name, image=np.zeros(nbytes, np.uint8), original_size=(1, nbytes),
+                         result=None, features={}, timings={}, device="cpu")
+
+
+def test_kept_bytes_counts_each_buffer_once_views_as_their_base():
+    """Seeded random nests of arrays, views of them, tensors and bytes, some shared: the count
+    is the sum over the distinct buffers reachable, whatever holds them."""
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        bases = [np.zeros(int(rng.integers(1, 5000)), rng.choice([np.uint8, np.float16, np.float32]))
+                 for _ in range(int(rng.integers(1, 6)))]
+        tensors = [torch.zeros(int(rng.integers(1, 1000))) for _ in range(int(rng.integers(0, 3)))]
+        blobs = [bytes(int(rng.integers(0, 100))) for _ in range(2)]
+        reachable = set()
+        leaves = []
+        for _ in range(int(rng.integers(1, 12))):
+            kind = rng.integers(0, 4)
+            if kind == 0 or not tensors:
+                i = int(rng.integers(len(bases)))
+                base = bases[i]
+                leaves.append(base[int(rng.integers(base.size)):] if rng.random() < 0.5 else base)
+                reachable.add(("array", i))
+            elif kind == 1:
+                i = int(rng.integers(len(tensors)))
+                leaves.append(tensors[i][: int(rng.integers(1, tensors[i].numel() + 1))])
+                reachable.add(("tensor", i))
+            else:
+                i = int(rng.integers(len(blobs)))
+                leaves.append(blobs[i])
+                reachable.add(("bytes", i))
+        # Nest the leaves in containers and a segfpn object (a Run), in random order.
+        rng.shuffle(leaves)
+        nested = {"a": leaves[: len(leaves) // 2], "b": (leaves[len(leaves) // 2:], {"c": leaves[:1]})}
+        holder = _run_of(0)
+        holder.features = nested
+        expected = sum(bases[i].nbytes if k == "array" else
+                       tensors[i].untyped_storage().nbytes() if k == "tensor" else len(blobs[i])
+                       for k, i in reachable)
+        assert app_state.kept_bytes(holder) == expected + holder.image.nbytes
+
+
+def test_kept_bytes_of_a_run_is_what_it_holds(run):
+    """Image, features, panoptic ids and semantic labels at least; the masks add at most their
+    full frames (less when they are stored cropped)."""
+    result = run.result
+    held = (run.image.nbytes + sum(f.nbytes for f in run.features.values())
+            + result.panoptic.segment_ids.nbytes + result.semantic.labels.nbytes
+            + result.instances.boxes.nbytes + result.instances.scores.nbytes)
+    full_masks = len(result.instances) * run.image.shape[0] * run.image.shape[1]
+    size = app_state.kept_bytes(run)
+    assert held < size <= held + full_masks + (1 << 20)
+
+
+def test_run_store_keeps_the_most_recently_used_within_its_budget():
+    """Random puts, uses and discards against a reference LRU list: the store holds what the
+    reference holds, within its budget, and names the runs it dropped."""
+    rng = np.random.default_rng(1)
+    budget = 10_000
+    store = app_state.RunStore(budget_bytes=budget)
+    reference: list[tuple[str, int]] = []  # (key, bytes), least recently used first
+    dropped: set[str] = set()
+    for _ in range(400):
+        op = rng.integers(0, 3)
+        if op == 0 or not reference:
+            size = int(rng.integers(1, 4000)) if rng.random() < 0.95 else budget + 5
+            key = store.put(_run_of(size))
+            reference.append((key, size))
+            touched = key
+        elif op == 1:
+            key, size = reference.pop(int(rng.integers(len(reference))))
+            assert store.get(key).image.nbytes == size
+            reference.append((key, size))
+            touched = key
+        else:
+            key, _ = reference.pop(int(rng.integers(len(reference))))
+            store.discard(key)
+            touched = None
+        while sum(s for _, s in reference) > budget and len(reference) > 1 and reference[0][0] != touched:
+            dropped.add(reference.pop(0)[0])
+        assert [k for k, _ in reference] == list(store._runs)
+        assert store.total_bytes == sum(s for _, s in reference)
+        assert store.total_bytes <= budget or len(store) == 1
+    assert dropped and all(store.get(k) is None and store.was_dropped(k) for k in dropped)
+    assert not store.was_dropped("never-stored") and store.get(None) is None
+
+
+def test_run_store_counts_what_a_run_builds_after_it_was_stored():
+    store = app_state.RunStore(budget_bytes=1000)
+    first, second = store.put(_run_of(400)), store.put(_run_of(400))
+    store.get(second).features["cache"] = np.zeros(500, np.uint8)  # e.g. a frame made on demand
+    assert store.get(second) is not None  # measured again: 900 bytes now, the other one goes
+    assert store.total_bytes == 900 and store.get(first) is None and store.was_dropped(first)

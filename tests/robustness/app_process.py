@@ -99,6 +99,14 @@ class AppProcess:
         command = [sys.executable, str(SERVE_APP), "--port", str(port), *args]
         return cls(command, port=port, root=root, env=env).wait_ready()
 
+    @classmethod
+    def app_py(cls, root: Path, *args: str, env: dict | None = None) -> "AppProcess":
+        """`python app.py --port <free> --device cpu ARGS`, as a person starts it; not waited
+        for (:meth:`wait_ready`)."""
+        port = free_port()
+        command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--device", "cpu", *args]
+        return cls(command, port=port, root=root, env=env)
+
     @property
     def pid(self) -> int:
         return self.process.pid
@@ -157,6 +165,34 @@ def segment(client, path, score: float = 1.0):
     return client.predict(handle_file(path), score, 0.5, True, True, api_name="/segment")
 
 
+class ConcurrencyCountingPredictor:
+    """Wraps a predictor: each ``predict`` lasts at least ``hold_s`` seconds, and the most calls
+    ever running at once is recorded (``most_at_once``), with the number of calls (``calls``)."""
+
+    def __init__(self, predictor, *, hold_s: float = 0.3):
+        import threading
+
+        self._predictor = predictor
+        self._lock = threading.Lock()
+        self.hold_s = hold_s
+        self.calls = self.running = self.most_at_once = 0
+
+    def predict(self, image, **kwargs):
+        with self._lock:
+            self.calls += 1
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            time.sleep(self.hold_s)
+            return self._predictor.predict(image, **kwargs)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def __getattr__(self, name):
+        return getattr(self._predictor, name)
+
+
 def serve_in_process(source, **build_options):
     """The app around ``source`` (a ModelSource) served from this process (a thread) on
     127.0.0.1 and a free port: ``(url, demo)``; close it with ``demo.close()``."""
@@ -170,11 +206,19 @@ def serve_in_process(source, **build_options):
     return url, demo
 
 
-def page_status(url: str) -> str:
-    """The model status shown at the top of the page (Markdown), as the page loads it."""
-    import json
+def page_status(url: str, *, settled: bool = True, timeout: float = 120.0) -> str:
+    """The model status at the top of the page (Markdown), as the page shows it when it loads
+    (the app's ``/model_status`` event). ``settled``: wait until no checkpoint is being
+    downloaded or loaded (the page's refresh timer is off)."""
+    from gradio_client import Client
 
-    with urllib.request.urlopen(url + "config", timeout=30) as response:
-        config = json.load(response)
-    return next(c["props"]["value"] for c in config["components"]
-                if c.get("props", {}).get("elem_id") == "model-status")
+    client = Client(url, verbose=False)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            status, timer = client.predict(api_name="/model_status")
+            if not (settled and timer.get("active")) or time.monotonic() > deadline:
+                return status["value"]
+            time.sleep(0.5)
+    finally:
+        client.close()

@@ -125,6 +125,57 @@ class CutDownloads:
         self.server.server_close()
 
 
+class TrickleDownloads:
+    """An HTTP server on 127.0.0.1 that answers every checkpoint with its true size (the
+    catalogue's) and then one zero byte every ``every_s`` seconds, until closed: a mirror too
+    slow to ever finish, never slow enough for a read to time out."""
+
+    def __init__(self, every_s: float = 2.0):
+        import http.server
+        import threading
+
+        from segfpn.checkpoints import catalogue
+
+        self.hits: list[str] = []
+        self.closed = threading.Event()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.hits.append(self.path)
+                known = catalogue.find_by_file_name(self.path.rsplit("/", 1)[-1])
+                self.send_response(200)
+                self.send_header("Content-Length", str(known.size_bytes if known else 1 << 30))
+                self.end_headers()
+                try:
+                    while not outer.closed.wait(every_s):
+                        self.wfile.write(b"\0")
+                        self.wfile.flush()
+                except OSError:  # the client went away
+                    pass
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def trickle_downloads():
+    server = TrickleDownloads()
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="session")
 def cut_downloads():
     server = CutDownloads()

@@ -2,10 +2,10 @@
 
     python tests/robustness/serve_app.py --port 7861 --queue-size 6 --small-input
 
-The app as ``python app.py`` builds it (``app.build_demo`` and ``app.launch``), with two knobs
-that app.py does not offer: ``--small-input`` runs the model at 128-256 px with 10 detections
-(the mini checkpoint answers in a fraction of a second on two busy cores), and the weights
-default to the mini test checkpoint. It prints the URL once the server listens.
+The app as ``python app.py`` builds it (``app.build_demo`` and ``app.launch``, SIGTERM handled
+as app.py does), with two knobs that app.py does not offer: ``--small-input`` runs the model at
+128-256 px with 10 detections (the mini checkpoint answers in a fraction of a second on two
+busy cores), and the weights default to the mini test checkpoint.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def main(argv=None) -> None:
     parser.add_argument("--weights", default=str(MINI_CHECKPOINT))
     parser.add_argument("--queue-size", type=int, default=None)
     parser.add_argument("--small-input", action="store_true")
+    parser.add_argument("--session-memory-mb", type=int, default=None)
+    parser.add_argument("--allow-reload", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -42,13 +44,16 @@ def main(argv=None) -> None:
 
     import app
     import segfpn
-    from segfpn.app_state import ModelSource
+    from segfpn.app_state import ModelSource, RunStore
 
+    stopped = app.stop_signals()
     torch.set_num_threads(2)
     loader = functools.partial(segfpn.load, overrides=SMALL_INPUT) if args.small_input else None
     source = ModelSource(args.weights.split(","), device="cpu", loader=loader)
-    demo = app.build_demo(source, queue_size=args.queue_size or app.QUEUE_SIZE)
-    app.launch(demo, host="127.0.0.1", port=args.port, quiet=True)
+    runs = RunStore(budget_bytes=(args.session_memory_mb or app.SESSION_MEMORY_MB) << 20)
+    demo = app.build_demo(source, queue_size=args.queue_size or app.QUEUE_SIZE,
+                          allow_reload=args.allow_reload, runs=runs)
+    app.serve_until(stopped, demo, host="127.0.0.1", port=args.port, quiet=True)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,23 @@
-"""Faults while the app runs: its checkpoint deleted or corrupted, a download interrupted, the
-weights folder read-only. Each gives a message; the app keeps working with what it has."""
+"""Faults while the app runs: its checkpoint deleted or corrupted, a download interrupted or
+too slow to finish, the weights folder read-only, the server stopped by SIGTERM. Each gives a
+message; the app keeps working with what it has, and leaves nothing behind when stopped."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import hashlib
+import http.server
+import os
 import pickle
 import shutil
+import signal
+import threading
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from app_process import page_status, segment, serve_in_process
+from app_process import AppProcess, page_status, segment, serve_in_process
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from input_cases import CAT, PORTRAIT
@@ -18,8 +25,12 @@ from PIL import Image
 from serve_app import MINI_CHECKPOINT, SMALL_INPUT
 
 import segfpn
+from segfpn import app_state
 from segfpn.app_state import ModelSource
 from segfpn.checkpoints import catalogue
+
+#: Seconds an app may take to answer while its download hangs (it does not wait for it).
+START_WITHOUT_DOWNLOAD_S = 60
 
 FAST = functools.partial(segfpn.load, overrides=SMALL_INPUT)
 
@@ -51,7 +62,7 @@ def running(tmp_path_factory):
     path = folder / "model.pkl"
     shutil.copy(MINI_CHECKPOINT, path)
     source = ModelSource([str(path)], device="cpu", loader=FAST)
-    url, demo = serve_in_process(source)
+    url, demo = serve_in_process(source, allow_reload=True)
     client = Client(url, verbose=False)
     _works(client)
     yield SimpleNamespace(path=path, source=source, url=url, client=client)
@@ -148,8 +159,8 @@ def test_download_interrupted_at_start(monkeypatch, tmp_path, cut_downloads):
                          download_timeout=10)
     url, demo = serve_in_process(source)
     try:
+        status = page_status(url)  # once the download in the background has ended
         assert len(cut_downloads.hits) - hits == 2  # tried, and tried once more
-        status = page_status(url)
         assert "Model **panoptic_fpn_mini.pkl**" in status  # the fallback serves
         assert f"`{known.name}`: could not download it" in status
         assert "connection dropped" in status or "cut short" in status
@@ -173,3 +184,130 @@ def test_weights_folder_read_only(readonly_app):
     client.close()
     assert sorted(p.name for p in readonly_app.weights.iterdir()) == before
     assert readonly_app.alive()
+
+
+class _GatedMirror:
+    """An HTTP server on 127.0.0.1 serving ``data`` for any path: the headers and the first
+    half at once, the rest once :attr:`gate` is set."""
+
+    def __init__(self, data: bytes):
+        self.gate = threading.Event()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[:len(data) // 2])
+                self.wfile.flush()
+                outer.gate.wait(120)
+                self.wfile.write(data[len(data) // 2:])
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_download_in_the_background_then_used(monkeypatch, tmp_path):
+    """A known checkpoint missing from weights/ and slow to arrive: the app serves at once with
+    the offline model and says it is downloading; once the file has arrived it is used."""
+    data = MINI_CHECKPOINT.read_bytes()
+    name = "mini_on_a_mirror"
+    known = catalogue.KnownCheckpoint(
+        name=name, arch="panoptic_fpn_R_50", format="detectron2", categories="coco_panoptic",
+        url="https://example.invalid/mini/panoptic_fpn_mini_mirror.pkl",
+        file_name="panoptic_fpn_mini_mirror.pkl", source_url="https://example.invalid/",
+        size_bytes=len(data), md5_prefix=hashlib.md5(data).hexdigest()[:8])
+    monkeypatch.setattr(catalogue, "CHECKPOINTS", {**catalogue.CHECKPOINTS, name: known})
+    mirror = _GatedMirror(data)
+    monkeypatch.setenv("SEGFPN_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("SEGFPN_BASE_URL", mirror.url)
+    monkeypatch.delenv("SEGFPN_OFFLINE", raising=False)
+    source = ModelSource(app_state.candidate_checkpoints(name), device="cpu", loader=FAST)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        started = pool.submit(serve_in_process, source)
+        try:
+            url, demo = started.result(timeout=START_WITHOUT_DOWNLOAD_S)  # half the file sent
+        finally:
+            if not started.done():
+                mirror.gate.set()  # let the app that waits for its download go, then fail
+    try:
+        status = page_status(url, settled=False)
+        assert f"**Downloading `{name}`**" in status and f"of {len(data) / 2**20:.1f} MB" in status
+        assert "the offline model is used meanwhile" in status
+        assert "Model **synthetic_panoptic_fpn.safetensors**" in status
+        client = Client(url, verbose=False)
+        *_, summary = segment(client, PORTRAIT)  # served by the offline model meanwhile
+        assert PORTRAIT.name in summary
+        mirror.gate.set()
+        status = page_status(url)  # once it has arrived and loaded
+        assert status.startswith(f"Model **{name}**") and "80 thing classes" in status, status
+        assert "Downloading" not in status and "offline" not in status
+        before = len(source.get().categories.thing_names)
+        assert before == 80 and source.loaded_from == name
+        _works(client)
+        client.close()
+    finally:
+        demo.close()
+        mirror.close()
+
+
+@pytest.fixture
+def app_py_with_a_trickling_download(tmp_path, trickle_downloads):
+    """`python app.py --weights <default checkpoint>,<mini>`: the default one missing and its
+    mirror sending one byte every 2 s (so it never finishes and never times out)."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    server = AppProcess.app_py(
+        tmp_path / "app", "--weights", f"{catalogue.default_checkpoint().name},{MINI_CHECKPOINT}",
+        env={"SEGFPN_WEIGHTS_DIR": str(weights), "SEGFPN_BASE_URL": trickle_downloads.url,
+             "SEGFPN_OFFLINE": "0"})
+    yield server.wait_ready()
+    server.stop()
+
+
+def test_app_py_serves_at_once_while_its_download_trickles(app_py_with_a_trickling_download,
+                                                           trickle_downloads):
+    server = app_py_with_a_trickling_download  # ready: it did not wait for the download
+    known = catalogue.default_checkpoint()
+    assert trickle_downloads.hits == [f"/{known.file_name}"]  # still the first attempt
+    status = page_status(server.url, settled=False)
+    assert f"**Downloading `{known.name}`**" in status and "the model below is used meanwhile" in status
+    assert "Model **panoptic_fpn_mini.pkl**" in status
+    client = Client(server.url, verbose=False)
+    _works(client)
+    client.close()
+
+
+def test_sigterm_removes_the_user_files_and_exits_cleanly(app_py_with_a_trickling_download):
+    """SIGTERM (kill, docker stop, systemd) ends `python app.py` as Ctrl+C does, even with a
+    download under way: exit code 0, and neither the app's folder (segfpn-app-*) nor Gradio's
+    copies of the uploads and results are left in the temp folders (Gradio's copies of the
+    example photos may stay)."""
+    server = app_py_with_a_trickling_download
+    client = Client(server.url, verbose=False)
+    _works(client)
+    client.close()
+    examples = {p.read_bytes() for p in PORTRAIT.parent.iterdir() if p.is_file()}
+
+    def user_files():
+        return [p for p in server.gradio_tmp.rglob("*") if p.is_file() and p.read_bytes() not in examples]
+
+    assert list(server.tmp.glob("segfpn-app-*"))
+    assert {p.suffix for p in user_files()} >= {".png", ".json"}  # the overlay, the COCO JSON
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.process.wait(timeout=60) == 0, server.log()
+    assert list(server.tmp.glob("segfpn-app-*")) == []
+    assert user_files() == []
+    assert "Traceback" not in server.log()

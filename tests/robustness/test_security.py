@@ -10,6 +10,7 @@ import ast
 import functools
 import os
 import secrets
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -154,11 +155,24 @@ def test_request_naming_a_server_path_is_refused(app_server, target):
 
 
 def test_the_app_download_folders_are_not_served(app_server, client):
-    segment(client, CAT)
-    files = [p for p in app_server.tmp.glob("segfpn-app-*/request-*/*") if p.is_file()]
-    assert files
-    for path in files:
-        assert httpx.get(app_server.url + "gradio_api/file=" + str(path), timeout=30).status_code == 403
+    """The downloads a session gets are Gradio's copies (in its temp folder, served from
+    there); the app's own folder (under TMPDIR) holds a request's files only while it runs,
+    and is never served."""
+    _, *downloads, _ = segment(client, CAT)
+    app_folders = list(app_server.tmp.glob("segfpn-app-*"))
+    assert app_folders and [p for p in app_folders[0].rglob("*") if p.is_file()] == []
+    in_progress = app_folders[0] / "request-in-progress" / "cat_overlay.png"  # as a request writes it
+    in_progress.parent.mkdir()
+    in_progress.write_bytes(CAT.read_bytes())
+    try:
+        assert httpx.get(app_server.url + "gradio_api/file=" + str(in_progress),
+                         timeout=30).status_code == 403
+    finally:
+        shutil.rmtree(in_progress.parent)
+    # What the session downloads lives in Gradio's temp folder (its copy, not the app's file).
+    assert all(Path(d).name.startswith(CAT.stem) for d in downloads if d)
+    served = [p for p in app_server.gradio_tmp.rglob(f"{CAT.stem}_*") if p.is_file()]
+    assert {p.name for p in served} >= {Path(d).name for d in downloads if d}
 
 
 def _recent_files(folder: Path, since: float, max_bytes: int = 64 << 20):
