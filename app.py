@@ -20,8 +20,9 @@ answers at once while a missing checkpoint downloads in the background; the mode
 once, and "Reload weights" (when allowed) reads the checkpoint again, keeping the loaded model
 when that fails; SIGTERM stops the app as Ctrl+C does, removing its temporary files.
 
-This file is the UI only: the layout, the events and the queue. Reading, inference, drawing
-and the download files live in :mod:`segfpn.app_state` (drawing itself in :mod:`segfpn.viz`).
+This file is the UI only: the layout, the events and the queue. The model source, the sessions'
+runs, the views and the download files live in :mod:`segfpn.app` (drawing itself in
+:mod:`segfpn.viz`, the files in :mod:`segfpn.outputs`).
 """
 
 from __future__ import annotations
@@ -44,10 +45,14 @@ from gradio.data_classes import FileData
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from segfpn import app_state
-from segfpn.app_state import (ACTIVATION_MODE_CHOICES, LEVELS, SEGMENT_COLUMNS, ModelSource,
-                              ReloadFailed, Run, RunStore)
+from segfpn import viz
+from segfpn.app import files, session, views
+from segfpn.app.session import Run, RunStore
+from segfpn.app.source import ModelSource, ModelUnavailable, ReloadFailed
+from segfpn.app.views import ACTIVATION_MODE_CHOICES, LEVELS, SEGMENT_COLUMNS
 from segfpn.atomic_files import write_png
+from segfpn.checkpoints import catalogue, resolve
+from segfpn.checkpoints.download import install_cleanup_handlers
 from segfpn.imageio import ImageError
 
 logger = logging.getLogger("segfpn.app")
@@ -66,7 +71,7 @@ QUEUE_SIZE = 16
 #: Largest upload accepted (the server refuses bigger ones before reading them).
 MAX_FILE_SIZE = "25mb"
 #: Memory for the runs kept across all sessions (image, detections, masks, float16 pyramid
-#: features; :func:`segfpn.app_state.kept_bytes`): beyond it the least recently used session's
+#: features; :func:`segfpn.app.session.kept_bytes`): beyond it the least recently used session's
 #: run is dropped, and that session is asked to press Segment again.
 SESSION_MEMORY_MB = 1024
 #: A session's run is also dropped an hour after its last use.
@@ -188,7 +193,7 @@ def user_errors(what: str):
     except ImageError as e:
         logger.info("%s: unreadable input: %s", what, e)
         raise gr.Error(str(e), title="Cannot read this image", print_exception=False) from e
-    except app_state.ModelUnavailable as e:
+    except ModelUnavailable as e:
         logger.warning("%s: no model: %s", what, e)
         raise gr.Error(f"No model is loaded. {e}", title="No model", duration=None,
                        print_exception=False) from e
@@ -202,16 +207,16 @@ def user_errors(what: str):
 
 
 class Events:
-    """The event functions: each one reads, runs or draws through :mod:`segfpn.app_state`.
+    """The event functions: each one reads, runs or draws through :mod:`segfpn.app`.
 
     A session's ``gr.State`` holds the key of its last run in :attr:`runs` (a
-    :class:`~segfpn.app_state.RunStore` with a budget of bytes across sessions), not the run."""
+    :class:`~segfpn.app.session.RunStore` with a budget of bytes across sessions), not the run."""
 
-    def __init__(self, source: ModelSource, *, runs: RunStore, max_side: int = app_state.MAX_SIDE):
+    def __init__(self, source: ModelSource, *, runs: RunStore, max_side: int = session.MAX_SIDE):
         self.source = source
         self.runs = runs
         self.max_side = max_side
-        self.trim = app_state.IdleTrim()
+        self.trim = session.IdleTrim()
 
     def run_of(self, key) -> Run | None:
         """The session's last run; None (after a notice) when it has none yet. A run dropped
@@ -237,20 +242,19 @@ class Events:
         with user_errors("Segmentation"), self.trim.running():
             predictor = self.source.get()
             name = Path(image).name if isinstance(image, str) else "pasted image"
-            run = app_state.run_model(predictor, image, name=name, max_side=self.max_side)
+            run = session.run_model(predictor, image, name=name, max_side=self.max_side)
             start = time.perf_counter()
-            overlay = app_state.draw_instance_view(run, score_threshold=score, alpha=opacity,
+            overlay = views.draw_instance_view(run, score_threshold=score, alpha=opacity,
                                                    show_boxes=show_boxes, show_labels=show_labels)
-            with app_state.request_dir() as folder:
-                files = app_state.write_downloads(run, overlay, folder,
-                                                  categories=predictor.categories)
-                paths = [_to_gradio_cache(files[k])
-                         for k in ("overlay", "instances", "panoptic_png", "panoptic_json")]
+            with files.request_dir() as folder:
+                written = files.write_downloads(run, overlay, folder)
+                paths = [_to_gradio_cache(p) for p in (written.overlay, written.instances, written.panoptic_png,
+                                                      written.panoptic_json)]
             run.timings["drawing"] = time.perf_counter() - start
             self.runs.discard(previous)
             key = self.runs.put(run)
         # The view shows the overlay download itself: one PNG, encoded once.
-        return (key, paths[0], *paths, app_state.run_summary(run))
+        return (key, paths[0], *paths, views.run_summary(run))
 
     def model_status(self):
         """The model status (what is loaded, or downloading), and the timer that refreshes it
@@ -275,16 +279,16 @@ class Events:
             return [gr.skip()] * 12
         with user_errors("Drawing"):
             start = time.perf_counter()
-            semantic = app_state.draw_semantic_view(run)
+            semantic = views.draw_semantic_view(run)
             panoptic = self._panoptic(run)
-            rows = app_state.segment_rows(run)
-            activation, info, channel = app_state.activation_view(run, level, mode, channel)
-            levels, levels_text = app_state.levels_view(run, score_threshold=score, source=roi_source)
-            summary = app_state.instance_summary(run, score_threshold=score, classes=None)
+            rows = views.segment_rows(run)
+            activation, info, channel = views.activation_view(run, level, mode, channel)
+            levels, levels_text = views.levels_view(run, score_threshold=score, source=roi_source)
+            summary = views.instance_summary(run, score_threshold=score, classes=None)
             run.timings["drawing"] = run.timings.get("drawing", 0.0) + time.perf_counter() - start
-        return (gr.Dropdown(choices=app_state.class_choices(run), value=[]), summary, semantic,
+        return (gr.Dropdown(choices=views.class_choices(run), value=[]), summary, semantic,
                 panoptic, rows, "", activation, info, self._channel_slider(run, level, channel),
-                levels, levels_text, app_state.run_summary(run))
+                levels, levels_text, views.run_summary(run))
 
     def redraw_instances(self, key, score, opacity, classes, show_boxes, show_labels):
         """The instance overlay again, with new display settings (the model does not run)."""
@@ -292,12 +296,12 @@ class Events:
         if run is None:
             return gr.skip(), gr.skip(), gr.skip()
         with user_errors("Drawing"):
-            overlay = app_state.draw_instance_view(run, score_threshold=score, alpha=opacity,
+            overlay = views.draw_instance_view(run, score_threshold=score, alpha=opacity,
                                                    classes=classes, show_boxes=show_boxes,
                                                    show_labels=show_labels)
-            with app_state.request_dir() as folder:
-                path = _to_gradio_cache(app_state.write_overlay(run, overlay, folder))
-            summary = app_state.instance_summary(run, score_threshold=score, classes=classes)
+            with files.request_dir() as folder:
+                path = _to_gradio_cache(files.write_overlay(run, overlay, folder))
+            summary = views.instance_summary(run, score_threshold=score, classes=classes)
         return path, path, summary  # the view shows the download itself
 
     def inspect(self, key, level, mode, channel):
@@ -306,7 +310,7 @@ class Events:
         if run is None:
             return gr.skip(), gr.skip(), gr.skip()
         with user_errors("Inspector"):
-            activation, info, channel = app_state.activation_view(run, level, mode, channel)
+            activation, info, channel = views.activation_view(run, level, mode, channel)
         return activation, info, self._channel_slider(run, level, channel)
 
     def roi_levels(self, key, score, classes, roi_source):
@@ -315,7 +319,7 @@ class Events:
         if run is None:
             return gr.skip(), gr.skip()
         with user_errors("Drawing"):
-            return app_state.levels_view(run, score_threshold=score, classes=classes,
+            return views.levels_view(run, score_threshold=score, classes=classes,
                                          source=roi_source)
 
     def select_segment(self, key, evt: gr.SelectData):
@@ -324,9 +328,9 @@ class Events:
         if run is None or run.result.panoptic is None:
             return gr.skip(), gr.skip()
         with user_errors("Drawing"):
-            row = evt.row_value or app_state.segment_rows(run)[evt.index[0]]
+            row = evt.row_value or views.segment_rows(run)[evt.index[0]]
             segment_id = int(row[0])
-            return self._panoptic(run, highlight=segment_id), app_state.segment_details(run, segment_id)
+            return self._panoptic(run, highlight=segment_id), views.segment_details(run, segment_id)
 
     def show_all_segments(self, key):
         run = self.run_of(key)
@@ -337,7 +341,7 @@ class Events:
 
     @staticmethod
     def _panoptic(run: Run, highlight: int | None = None):
-        view = app_state.panoptic_view(run, highlight=highlight)
+        view = views.panoptic_view(run, highlight=highlight)
         if view is None:
             return None
         base, annotations, color_map = view
@@ -345,7 +349,7 @@ class Events:
 
     @staticmethod
     def _channel_slider(run: Run, level: str, channel: int):
-        last = app_state.level_channels(run, level) - 1
+        last = views.level_channels(run, level) - 1
         return gr.Slider(maximum=last, value=channel, label=f"Channel (0–{last}, for “single channel”)")
 
 
@@ -362,7 +366,7 @@ def _png_to_gradio_cache(image: np.ndarray | Image.Image, name: str = "image") -
     """``image`` (uint8 [H, W, 3] or a PIL image) as a PNG in Gradio's cache
     (:func:`_to_gradio_cache`). Gradio's own writer rewrites a cached picture in place, so a
     request serving it while another request draws the same picture could send an empty file."""
-    with app_state.request_dir() as folder:
+    with files.request_dir() as folder:
         path = folder / f"{name}.png"
         if isinstance(image, Image.Image):
             image.save(path, format="PNG", compress_level=3)
@@ -379,16 +383,16 @@ def _as_source(model) -> ModelSource:
         return ModelSource.from_predictor(model)
     if callable(model):
         return ModelSource.from_factory(model)
-    return ModelSource(app_state.candidate_checkpoints(model))
+    return ModelSource(resolve.candidates(model))
 
 
-def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_state.MAX_SIDE,
+def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = session.MAX_SIDE,
                queue_size: int = QUEUE_SIZE, allow_reload: bool = False,
                runs: RunStore | None = None) -> gr.Blocks:
     """The app's Blocks, queue configured.
 
     ``model``: a :class:`~segfpn.predictor.Predictor` (or anything with its ``predict``), a
-    :class:`~segfpn.app_state.ModelSource`, or checkpoint names/paths to try in order. The
+    :class:`~segfpn.app.source.ModelSource`, or checkpoint names/paths to try in order. The
     checkpoints already on disk are loaded here, once; a missing one is downloaded in the
     background while the app serves (the page says so and uses it once it has arrived). When
     no model is available the page says what to fetch, and Segment answers with a clear error
@@ -398,7 +402,7 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_
     refused), so the model runs for one request at a time whoever calls. ``allow_reload``:
     offer "Reload weights" (``/reload_model``); without it there is no such button or endpoint
     at all. ``runs``: where the sessions' last runs are kept (default: a
-    :class:`~segfpn.app_state.RunStore` of :data:`SESSION_MEMORY_MB`).
+    :class:`~segfpn.app.session.RunStore` of :data:`SESSION_MEMORY_MB`).
     """
     source = _as_source(model)
     predictor = source.start().try_get()
@@ -483,7 +487,7 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = app_
                                                ("box head: RoI of the proposal", "box")],
                                               value="mask", label="RoI")
                         levels = ViewImage(label="Boxes coloured by RoI level", **view)
-                        levels_info = gr.Markdown(app_state.viz.level_rule_text(),
+                        levels_info = gr.Markdown(viz.level_rule_text(),
                                                   label="Counts per level")
                     with gr.Tab("Downloads", id="downloads"):
                         gr.Markdown("Files of the last run. Coordinates refer to the image as "
@@ -563,10 +567,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", default=env("SEGFPN_WEIGHTS") or None,
                         help="checkpoint file or known name, several separated by commas and tried "
                              "in order (SEGFPN_WEIGHTS; default: "
-                             f"{app_state.catalogue.default_checkpoint().name})")
+                             f"{catalogue.default_checkpoint().name})")
     parser.add_argument("--device", default=env("SEGFPN_DEVICE") or None,
                         help="torch device (SEGFPN_DEVICE; default: cuda when present, else cpu)")
-    parser.add_argument("--max-side", type=int, default=app_state.MAX_SIDE,
+    parser.add_argument("--max-side", type=int, default=session.MAX_SIDE,
                         help="downscale uploads whose longest side is above this (default %(default)s)")
     parser.add_argument("--queue-size", type=int,
                         default=int(env("SEGFPN_QUEUE_SIZE") or QUEUE_SIZE),
@@ -619,8 +623,9 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own startup requests
     args = parse_args(argv)
+    install_cleanup_handlers()  # a download's partial file is removed at exit (the handlers below stop)
     stopped = stop_signals()
-    source = ModelSource(app_state.candidate_checkpoints(args.weights), device=args.device)
+    source = ModelSource(resolve.candidates(args.weights), device=args.device)
     demo = build_demo(source, max_side=args.max_side, queue_size=args.queue_size,
                       allow_reload=args.allow_reload,
                       runs=RunStore(budget_bytes=args.session_memory_mb << 20))

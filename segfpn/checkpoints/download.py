@@ -419,7 +419,7 @@ def _describe_network_error(error: BaseException) -> tuple[str, bool]:
 
 
 def _fetch_to(dest: Path, url: str, checkpoint: KnownCheckpoint, *, progress: bool,
-              timeout: float, stop: _Stop) -> None:
+              timeout: float, stop: _Stop, on_progress: Callable[[int, int | None], None] | None = None) -> None:
     """One attempt: stream ``url`` into a temp file next to ``dest``, verify, rename onto ``dest``.
 
     Raises :class:`DownloadError` (final) or :class:`_Transient` (worth another attempt); in both
@@ -509,6 +509,8 @@ def _fetch_to(dest: Path, url: str, checkpoint: KnownCheckpoint, *, progress: bo
                         file.write(chunk)
                         hasher.update(chunk)
                         bar.update(len(chunk))
+                        if on_progress is not None:
+                            on_progress(received, expected)
             except OSError as e:  # writing or closing the temp file (reads are handled above)
                 raise DownloadError(
                     f"could not write {temp_path}: {e.strerror or e}. Free some space or make "
@@ -537,7 +539,8 @@ def _fetch_to(dest: Path, url: str, checkpoint: KnownCheckpoint, *, progress: bo
 def download(checkpoint: KnownCheckpoint, *, dest_dir: str | os.PathLike | None = None,
              base_url: str | None = None, progress: bool = True, timeout: float = 30,
              retries: int = 2, force: bool = False, deadline_s: float | None = DEFAULT_DEADLINE_S,
-             cancel: Cancellation | None = None) -> Path:
+             cancel: Cancellation | None = None,
+             on_progress: Callable[[int, int | None], None] | None = None) -> Path:
     """Download ``checkpoint`` into ``dest_dir`` (default :func:`weights_dir`) and return its path.
 
     The file is verified (byte count, hash prefix) before it appears under its final name. If it
@@ -545,7 +548,9 @@ def download(checkpoint: KnownCheckpoint, *, dest_dir: str | os.PathLike | None 
     ``base_url``: a mirror (see :func:`resolve_url`). ``timeout``: seconds for the connection and
     for each read. ``retries``: extra attempts after a transient failure (0-5).
     ``deadline_s``: seconds for the whole download, every attempt and wait included (``None``:
-    no limit). ``cancel``: a :class:`Cancellation` another thread can use to stop it. The body
+    no limit). ``cancel``: a :class:`Cancellation` another thread can use to stop it.
+    ``on_progress(bytes received, bytes expected or None)``: called after every chunk (an app's
+    progress display; it runs in the downloading thread). The body
     may not exceed :attr:`KnownCheckpoint.size_limit_bytes`. Safe to run in a background thread.
 
     Raises :class:`DownloadError` (:class:`ChecksumError` for a wrong file,
@@ -568,7 +573,8 @@ def download(checkpoint: KnownCheckpoint, *, dest_dir: str | os.PathLike | None 
         logger.info("downloading %s from %s to %s", checkpoint.name, url, dest)
         for attempt in range(retries + 1):
             try:
-                _fetch_to(dest, url, checkpoint, progress=progress, timeout=timeout, stop=stop)
+                _fetch_to(dest, url, checkpoint, progress=progress, timeout=timeout, stop=stop,
+                          on_progress=on_progress)
                 return dest
             except _Transient as e:
                 if attempt == retries:

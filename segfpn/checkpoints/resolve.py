@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,11 +92,12 @@ def torchvision_cache_path(checkpoint: KnownCheckpoint) -> Path | None:
 
 def locate(candidate: str | os.PathLike, *, download_missing: bool = True, progress: bool = True,
            timeout: float = 30, retries: int = 2, deadline_s: float | None = download.DEFAULT_DEADLINE_S,
-           cancel: download.Cancellation | None = None) -> Path | Unavailable:
+           cancel: download.Cancellation | None = None,
+           on_progress: Callable[[int, int | None], None] | None = None) -> Path | Unavailable:
     """The local file of ``candidate`` (see the module docstring), or why there is none.
 
     ``download_missing=False`` never touches the network; ``timeout``, ``retries``,
-    ``deadline_s`` and ``cancel`` are :func:`download.download`'s. Never raises for a missing or
+    ``deadline_s``, ``cancel`` and ``on_progress`` are :func:`download.download`'s. Never raises for a missing or
     undownloadable checkpoint (a :class:`DownloadCancelled` is re-raised: the caller stopped it).
     """
     candidate = str(candidate)
@@ -129,7 +130,7 @@ def locate(candidate: str | os.PathLike, *, download_missing: bool = True, progr
         return Unavailable(candidate, f"{known.file_name} is not in {dest.parent} ({why}).", url, dest)
     try:
         return download.download(known, progress=progress, timeout=timeout, retries=retries, deadline_s=deadline_s,
-                                 cancel=cancel)
+                                 cancel=cancel, on_progress=on_progress)
     except download.DownloadCancelled:
         raise
     except DownloadError as exc:  # its message says what happened and what to do

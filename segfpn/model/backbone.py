@@ -8,12 +8,13 @@ from torch import nn
 
 from segfpn.config import BackboneConfig, Norm
 from segfpn.model.layers import ConvNorm
+from segfpn.model.levels import level_strides
 
 #: Blocks per stage (res2..res5) by depth; 18 and 34 use basic blocks, 50 and 101 bottlenecks.
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 BASIC_BLOCK_DEPTHS = (18, 34)
 #: Output names and strides of the bottom-up levels.
-BOTTOM_UP_STRIDES = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
+BOTTOM_UP_STRIDES = level_strides(("c2", "c3", "c4", "c5"))
 
 
 class Bottleneck(nn.Module):

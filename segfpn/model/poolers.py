@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from segfpn.config import PoolerConfig
+from segfpn.model.levels import level_stride
 from segfpn.model.roi_align import roi_align
 
 
@@ -51,7 +52,7 @@ class LevelRoIPooler(nn.Module):
             idx = torch.nonzero(levels == level).squeeze(1)
             if idx.numel() == 0:
                 continue
-            out[idx] = roi_align(features[f"p{level}"], rois[idx], self.output_size,
-                                 spatial_scale=1.0 / 2**level, sampling_ratio=cfg.sampling_ratio,
-                                 aligned=cfg.aligned).to(out.dtype)
+            name = f"p{level}"
+            out[idx] = roi_align(features[name], rois[idx], self.output_size, spatial_scale=1.0 / level_stride(name),
+                                 sampling_ratio=cfg.sampling_ratio, aligned=cfg.aligned).to(out.dtype)
         return out, levels

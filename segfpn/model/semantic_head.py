@@ -10,8 +10,9 @@ from torch import nn
 
 from segfpn.config import SemanticHeadConfig
 from segfpn.model.layers import ConvNorm
+from segfpn.model.levels import level_strides
 
-SEMANTIC_LEVELS = {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
+SEMANTIC_LEVELS = level_strides(("p2", "p3", "p4", "p5"))
 
 
 class ScaleBranch(nn.Module):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +11,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # app.py lives at the repository root
-
-import app  # noqa: E402
+import app  # noqa: E402  (app.py at the repository root: pytest's pythonpath has ".")
 
 #: Small real photos (about 1 s per run of the mini model on two cores).
 PHOTO = ROOT / "examples" / "images" / "voc2007_000001_portrait.jpg"

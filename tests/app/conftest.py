@@ -3,16 +3,10 @@ and a free port. Tests talk to it with gradio_client or a browser."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+from app_testing import CountingPredictor, serve
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # app_testing, beside this file
-
-from app_testing import CountingPredictor, serve  # noqa: E402
-
-import segfpn  # noqa: E402
+import segfpn
 
 
 @pytest.fixture(scope="session")

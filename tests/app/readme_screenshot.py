@@ -1,7 +1,7 @@
 """Make docs/screenshot.png, the README's picture of the app with results.
 
-    python tests/app/readme_screenshot.py        # mini test checkpoint, pyramid inspector at p3
-    python tests/app/readme_screenshot.py --weights weights/model_final_cafdb1.pkl --tab Instances --score 0.5
+    PYTHONPATH=. python tests/app/readme_screenshot.py        # mini test checkpoint, pyramid inspector at p3
+    PYTHONPATH=. python tests/app/readme_screenshot.py --weights weights/model_final_cafdb1.pkl --tab Instances --score 0.5
 
 Serves the app on 127.0.0.1, uploads a photo in Debian's Chromium (see app_browser.py), presses
 Segment and takes the screenshot. The mini checkpoint has random weights: its detections are
@@ -15,13 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from app_browser import browser_page, choose, missing_browser, segment, wait_for_text
+from app_testing import ROOT, serve
+
+import segfpn
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from app_browser import browser_page, choose, missing_browser, segment, wait_for_text  # noqa: E402
-from app_testing import ROOT, serve  # noqa: E402
-
-import segfpn  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +16,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 import app
-from segfpn import app_state, read_image
-from segfpn.checkpoints import catalogue
+from segfpn import read_image
+from segfpn.app.source import ModelSource
+from segfpn.checkpoints import catalogue, resolve
 from segfpn.export import rgb_to_id
 from testdata import EXAMPLES
 
@@ -110,11 +112,10 @@ def test_large_upload_is_downscaled(client, tmp_path):
 
 
 def test_without_a_checkpoint_the_page_says_what_to_fetch(monkeypatch, tmp_path, d2_mini_checkpoint):
-    monkeypatch.setattr(app_state, "FALLBACK_CHECKPOINTS", ())  # not even the bundled model
     monkeypatch.setenv("SEGFPN_OFFLINE", "1")
     monkeypatch.setenv("SEGFPN_WEIGHTS_DIR", str(tmp_path))
     default = catalogue.default_checkpoint()
-    demo = app.build_demo(app_state.ModelSource(app_state.candidate_checkpoints(None)))
+    demo = app.build_demo(ModelSource(resolve.candidates(None, fallback=False)))  # not even the bundled model
     _, url, _ = app.launch(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True,
                            quiet=True)
     try:
@@ -139,12 +140,30 @@ def test_without_a_checkpoint_the_page_says_what_to_fetch(monkeypatch, tmp_path,
 def test_offline_the_bundled_synthetic_model_serves_with_a_banner(monkeypatch, tmp_path):
     monkeypatch.setenv("SEGFPN_OFFLINE", "1")
     monkeypatch.setenv("SEGFPN_WEIGHTS_DIR", str(tmp_path))
-    source = app_state.ModelSource(app_state.candidate_checkpoints(None), device="cpu")
+    source = ModelSource(resolve.candidates(None), device="cpu")
     predictor = source.get()
-    assert source.loaded_from == str(app_state.BUNDLED_MODEL)
+    assert source.loaded_from == str(resolve.BUNDLED_CHECKPOINT)
     status = source.describe()
     assert status.startswith("**Offline model in use.**")
     assert catalogue.default_checkpoint().file_name in status  # and what to fetch for the real one
     result = predictor.predict(EXAMPLES / "synthetic_shapes_1.png")
     assert len(result.panoptic.segments) >= 3
     assert {"circle", "square", "triangle", "star"} & {s.class_name for s in result.panoptic.segments}
+
+
+def test_the_app_and_segfpn_predict_write_identical_files(client, tmp_path, d2_mini_checkpoint):
+    # One writer (segfpn.outputs) for both: same names, same bytes, for the same image and model,
+    # the app's overlay being its Instances view as it opens (`--overlay instances`).
+    from segfpn.cli import main
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(read_image(PHOTO)).save(photo)
+    _, *downloads, _ = client.predict(handle_file(photo), api_name="/segment")
+    out = tmp_path / "cli"
+    assert main(["predict", str(photo), "--weights", str(d2_mini_checkpoint), "--out", str(out), "--device", "cpu",
+                 "--overlay", "instances", "--no-progress"]) == 0
+    written = sorted(out.iterdir())
+    assert [p.name for p in written] == sorted(Path(d).name for d in downloads)
+    for path in written:
+        app_copy = next(Path(d) for d in downloads if Path(d).name == path.name)
+        assert app_copy.read_bytes() == path.read_bytes(), path.name

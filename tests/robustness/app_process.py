@@ -87,6 +87,7 @@ class AppProcess:
                        if k not in ("SEGFPN_HOST", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT")}
         environment.update(TMPDIR=str(self.tmp), GRADIO_TEMP_DIR=str(self.gradio_tmp),
                            GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1",
+                           PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                            OMP_NUM_THREADS="2", **(env or {}))
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(command, cwd=self.cwd, env=environment, stdout=self._log,
@@ -196,8 +197,6 @@ class ConcurrencyCountingPredictor:
 def serve_in_process(source, **build_options):
     """The app around ``source`` (a ModelSource) served from this process (a thread) on
     127.0.0.1 and a free port: ``(url, demo)``; close it with ``demo.close()``."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))  # app.py lives at the repository root
     import app
 
     demo = app.build_demo(source, **build_options)

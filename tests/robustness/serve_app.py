@@ -14,11 +14,9 @@ import argparse
 import functools
 import logging
 import os
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # app.py lives at the repository root
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 MINI_CHECKPOINT = ROOT / "tests" / "data" / "d2_mini" / "panoptic_fpn_mini.pkl"
@@ -44,7 +42,8 @@ def main(argv=None) -> None:
 
     import app
     import segfpn
-    from segfpn.app_state import ModelSource, RunStore
+    from segfpn.app.session import RunStore
+    from segfpn.app.source import ModelSource
 
     stopped = app.stop_signals()
     torch.set_num_threads(2)

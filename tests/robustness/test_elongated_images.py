@@ -15,10 +15,11 @@ from PIL import Image
 from serve_app import MINI_CHECKPOINT, SMALL_INPUT
 
 import segfpn
-from segfpn import ImageError, app_state
-from segfpn.app_state import ModelSource
+from segfpn import ImageError
+from segfpn.app import session
+from segfpn.app.source import ModelSource
 
-MAX_SIDE = app_state.MAX_SIDE
+MAX_SIDE = session.MAX_SIDE
 #: The shortest side the model takes (segfpn.read_image's minimum).
 MIN_SIDE = 2
 
@@ -44,7 +45,7 @@ def test_downscale_keeps_two_pixels_or_refuses_naming_the_upload():
     for width, height in _elongated_sizes(seed=0, count=40):
         strip = np.random.default_rng(width * height).integers(0, 256, (height, width, 3), dtype=np.uint8)
         try:
-            image, original = app_state.prepare_image(strip, max_side=MAX_SIDE)
+            image, original = session.prepare_image(strip, max_side=MAX_SIDE)
         except ImageError as e:
             assert f"{width}x{height}" in str(e)
             continue
@@ -64,7 +65,7 @@ class _RefusesThinImages:
 def test_an_error_from_the_model_names_the_size_uploaded():
     strip = np.zeros((30, 9000, 3), np.uint8)  # downscaled to 2000x7, then refused
     with pytest.raises(ImageError) as refused:
-        app_state.run_model(_RefusesThinImages(), strip, max_side=MAX_SIDE)
+        session.run_model(_RefusesThinImages(), strip, max_side=MAX_SIDE)
     assert "9000x30" in str(refused.value)
 
 

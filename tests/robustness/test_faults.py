@@ -25,8 +25,8 @@ from PIL import Image
 from serve_app import MINI_CHECKPOINT, SMALL_INPUT
 
 import segfpn
-from segfpn import app_state
-from segfpn.app_state import ModelSource
+from segfpn.checkpoints import resolve
+from segfpn.app.source import ModelSource
 from segfpn.checkpoints import catalogue
 
 #: Seconds an app may take to answer while its download hangs (it does not wait for it).
@@ -234,7 +234,7 @@ def test_download_in_the_background_then_used(monkeypatch, tmp_path):
     monkeypatch.setenv("SEGFPN_WEIGHTS_DIR", str(tmp_path / "weights"))
     monkeypatch.setenv("SEGFPN_BASE_URL", mirror.url)
     monkeypatch.delenv("SEGFPN_OFFLINE", raising=False)
-    source = ModelSource(app_state.candidate_checkpoints(name), device="cpu", loader=FAST)
+    source = ModelSource(resolve.candidates(name), device="cpu", loader=FAST)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         started = pool.submit(serve_in_process, source)
         try:

@@ -11,7 +11,6 @@ import functools
 import os
 import secrets
 import shutil
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +27,7 @@ from PIL import Image, PngImagePlugin
 from serve_app import SMALL_INPUT
 
 import segfpn
-from segfpn.app_state import ModelSource
+from segfpn.app.source import ModelSource
 
 MINI = ROOT / "tests" / "data" / "d2_mini" / "panoptic_fpn_mini.pkl"
 #: Requests sent at once, straight over HTTP, as no page would send them.
@@ -92,8 +91,6 @@ def test_direct_http_calls_never_run_the_model_beside_the_queue(counted_app, rou
 def test_reload_model_only_when_the_operator_allows_it(monkeypatch, allowed):
     """Without --allow-reload (SEGFPN_ALLOW_RELOAD=1) the page has no "Reload weights" and no
     client can reload the weights, by name or by any HTTP route; with it, both work."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     import app
 
     options = {}  # off: the app as built by default
@@ -161,7 +158,7 @@ def test_the_app_download_folders_are_not_served(app_server, client):
     _, *downloads, _ = segment(client, CAT)
     app_folders = list(app_server.tmp.glob("segfpn-app-*"))
     assert app_folders and [p for p in app_folders[0].rglob("*") if p.is_file()] == []
-    in_progress = app_folders[0] / "request-in-progress" / "cat_overlay.png"  # as a request writes it
+    in_progress = app_folders[0] / "request-in-progress" / "cat.overlay.png"  # as a request writes it
     in_progress.parent.mkdir()
     in_progress.write_bytes(CAT.read_bytes())
     try:
@@ -171,7 +168,7 @@ def test_the_app_download_folders_are_not_served(app_server, client):
         shutil.rmtree(in_progress.parent)
     # What the session downloads lives in Gradio's temp folder (its copy, not the app's file).
     assert all(Path(d).name.startswith(CAT.stem) for d in downloads if d)
-    served = [p for p in app_server.gradio_tmp.rglob(f"{CAT.stem}_*") if p.is_file()]
+    served = [p for p in app_server.gradio_tmp.rglob(f"{CAT.stem}.*") if p.is_file()]
     assert {p.name for p in served} >= {Path(d).name for d in downloads if d}
 
 
@@ -219,7 +216,6 @@ def test_uploads_are_written_to_gradio_temp_folder_only(app_server, client, tmp_
 def test_binds_to_127_0_0_1_unless_told_otherwise(readonly_app, monkeypatch):
     # `python app.py` started without --host (and no SEGFPN_HOST / GRADIO_SERVER_NAME):
     assert listening_addresses(readonly_app.pid, readonly_app.port) == {"127.0.0.1"}
-    sys.path.insert(0, str(ROOT))
     import app
 
     for name in ("SEGFPN_HOST", "GRADIO_SERVER_NAME"):

@@ -13,8 +13,9 @@ from input_cases import CAT, PORTRAIT, rgb
 from serve_app import MINI_CHECKPOINT, SMALL_INPUT
 
 import segfpn
-from segfpn import app_state
-from segfpn.app_state import ModelSource, RunStore
+from segfpn.app import session
+from segfpn.app.session import RunStore
+from segfpn.app.source import ModelSource
 
 #: Redraws of one session sent at once, and how many times.
 AT_ONCE, ROUNDS = 4, 15
@@ -32,7 +33,7 @@ def _redraw(client, score: float = 0.5):
 def test_runs_kept_within_a_memory_budget_least_recently_used_dropped(predictor):
     """A budget of 2.5 runs: four sessions segment, the two least recently used lose their
     run and are told to press Segment again; the store never holds more than its budget."""
-    one_run = app_state.kept_bytes(app_state.run_model(predictor, str(CAT)))
+    one_run = session.kept_bytes(session.run_model(predictor, str(CAT)))
     runs = RunStore(budget_bytes=int(2.5 * one_run))
     url, demo = serve_in_process(ModelSource.from_predictor(predictor, "mini"), runs=runs)
     clients = [Client(url, verbose=False) for _ in range(4)]

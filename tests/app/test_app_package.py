@@ -1,4 +1,4 @@
-"""segfpn.app_state without a server: model candidates, image intake, views, downloads and the
+"""segfpn.app without a server: model candidates, image intake, views, downloads and the
 runs kept between requests."""
 
 from __future__ import annotations
@@ -10,22 +10,25 @@ import pytest
 import torch
 from app_testing import PHOTO
 
-from segfpn import app_state, read_image
-from segfpn.app_state import LEVELS, ModelSource, ModelUnavailable
-from segfpn.checkpoints import catalogue
+from segfpn import read_image
+from segfpn.app import files, session, views
+from segfpn.app.source import ModelSource, ModelUnavailable
+from segfpn.app.views import LEVELS
+from segfpn.checkpoints import catalogue, resolve
+from segfpn.outputs import file_stem
 
 
 @pytest.fixture(scope="module")
 def run(mini_predictor):
-    return app_state.run_model(mini_predictor, str(PHOTO), name=PHOTO.name)
+    return session.run_model(mini_predictor, str(PHOTO), name=PHOTO.name)
 
 
 # --- the model ----------------------------------------------------------------------------------
 
 def test_candidates_default_then_fallbacks():
-    assert app_state.candidate_checkpoints(None)[0] == catalogue.default_checkpoint().name
-    assert app_state.candidate_checkpoints(" a.pkl, b ")[:2] == ["a.pkl", "b"]
-    assert app_state.candidate_checkpoints(["x"])[0] == "x"
+    assert resolve.candidates(None)[0] == catalogue.default_checkpoint().name
+    assert resolve.candidates(" a.pkl, b ")[:2] == ["a.pkl", "b"]
+    assert resolve.candidates(["x"])[0] == "x"
 
 
 def test_first_available_candidate_is_loaded_and_shared(tmp_path, d2_mini_checkpoint):
@@ -75,9 +78,9 @@ def test_unknown_name_is_reported(tmp_path):
 
 def test_large_images_are_downscaled_to_max_side():
     big = np.zeros((1200, 3000, 3), np.uint8)
-    image, original = app_state.prepare_image(big, max_side=2000)
+    image, original = session.prepare_image(big, max_side=2000)
     assert image.shape == (800, 2000, 3) and original == (1200, 3000)
-    small, original = app_state.prepare_image(np.zeros((50, 80, 3), np.uint8))
+    small, original = session.prepare_image(np.zeros((50, 80, 3), np.uint8))
     assert small.shape == (50, 80, 3) and original == (50, 80)
 
 
@@ -85,7 +88,7 @@ def test_large_images_are_downscaled_to_max_side():
                                         ("my photo (1).png", "my_photo_1"),
                                         ("/tmp/x/ok-name_2.jpeg", "ok-name_2")])
 def test_download_names_never_come_from_the_request_path(name, stem):
-    assert app_state.file_stem(name) == stem
+    assert file_stem(name) == stem
 
 
 # --- views and downloads ------------------------------------------------------------------------
@@ -100,38 +103,38 @@ def test_run_keeps_half_precision_features(run):
 @pytest.mark.parametrize("level", LEVELS)
 def test_every_level_and_mode_draws_over_the_image(run, level):
     for mode in ("mean_abs", "max", "l2", "channel", "pca"):
-        image, info, channel = app_state.activation_view(run, level, mode, 10_000)
+        image, info, channel = views.activation_view(run, level, mode, 10_000)
         assert image.shape == run.image.shape and image.dtype == np.uint8
         assert image.std() > 1
-        assert channel == app_state.level_channels(run, level) - 1
+        assert channel == views.level_channels(run, level) - 1
         assert f"stride **{2 ** int(level[1])} px**" in info
 
 
 def test_panoptic_view_and_table(run):
-    base, annotations, colors = app_state.panoptic_view(run)
+    base, annotations, colors = views.panoptic_view(run)
     segments = run.result.panoptic.segments
     assert base.shape == run.image.shape
-    assert [label for _, label in annotations] == [app_state.segment_label(s) for s in segments]
+    assert [label for _, label in annotations] == [views.segment_label(s) for s in segments]
     assert len(set(colors)) == len(segments) and all(c.startswith("#") for c in colors.values())
     for mask, label in annotations:
         assert mask.dtype == bool and mask.shape == base.shape[:2]
-    rows = app_state.segment_rows(run)
+    rows = views.segment_rows(run)
     assert [r[0] for r in rows] == [s.id for s in segments]
     thing = next(s for s in segments if s.isthing)
-    _, only, _ = app_state.panoptic_view(run, highlight=thing.id)
+    _, only, _ = views.panoptic_view(run, highlight=thing.id)
     assert len(only) == 1 and only[0][0].sum() > 0
-    assert f"p{thing.level}" in app_state.segment_details(run, thing.id)
+    assert f"p{thing.level}" in views.segment_details(run, thing.id)
 
 
 def test_downloads_go_to_a_folder_of_the_request_own(run, mini_predictor):
-    overlay = app_state.draw_instance_view(run)
-    with app_state.request_dir() as first, app_state.request_dir() as second:
+    overlay = views.draw_instance_view(run)
+    with files.request_dir() as first, files.request_dir() as second:
         assert first != second and not any(first.iterdir())
-        files = app_state.write_downloads(run, overlay, first, categories=mini_predictor.categories)
-        assert {p.parent for p in files.values()} == {first}
-        assert files["instances"].name == "voc2007_000001_portrait_instances_coco.json"
-        document = json.loads(files["panoptic_json"].read_text())
-        assert document["annotations"][0]["file_name"] == files["panoptic_png"].name
+        written = files.write_downloads(run, overlay, first)
+        assert {p.parent for p in written.all()} == {first}
+        assert written.instances.name == "voc2007_000001_portrait.instances.json"
+        document = json.loads(written.panoptic_json.read_text())
+        assert document["annotations"][0]["file_name"] == written.panoptic_png.name
         assert len(document["categories"]) == 133
         assert not any(second.iterdir())  # another request's folder is left alone
     assert not first.exists() and not second.exists()  # removed when their requests end
@@ -139,7 +142,7 @@ def test_downloads_go_to_a_folder_of_the_request_own(run, mini_predictor):
 
 def test_summary_has_the_stages_and_the_device(run):
     run.timings["drawing"] = 0.25
-    text = app_state.run_summary(run)
+    text = views.run_summary(run)
     for part in ("preprocess", "backbone + FPN", "heads", "drawing 0.25 s", "on **cpu**", "353 × 500 px"):
         assert part in text
     assert read_image(PHOTO).shape == run.image.shape
@@ -147,9 +150,9 @@ def test_summary_has_the_stages_and_the_device(run):
 
 # --- the runs kept between requests -----------------------------------------------------------
 
-def _run_of(nbytes: int, name: str = "run") -> app_state.Run:
+def _run_of(nbytes: int, name: str = "run") -> session.Run:
     """A Run holding ``nbytes`` of image bytes and nothing else."""
-    return app_state.Run(name=name, image=np.zeros(nbytes, np.uint8), original_size=(1, nbytes),
+    return session.Run(name=name, image=np.zeros(nbytes, np.uint8), original_size=(1, nbytes),
                          result=None, features={}, timings={}, device="cpu")
 
 
@@ -187,7 +190,7 @@ def test_kept_bytes_counts_each_buffer_once_views_as_their_base():
         expected = sum(bases[i].nbytes if k == "array" else
                        tensors[i].untyped_storage().nbytes() if k == "tensor" else len(blobs[i])
                        for k, i in reachable)
-        assert app_state.kept_bytes(holder) == expected + holder.image.nbytes
+        assert session.kept_bytes(holder) == expected + holder.image.nbytes
 
 
 def test_kept_bytes_of_a_run_is_what_it_holds(run):
@@ -198,7 +201,7 @@ def test_kept_bytes_of_a_run_is_what_it_holds(run):
             + result.panoptic.segment_ids.nbytes + result.semantic.labels.nbytes
             + result.instances.boxes.nbytes + result.instances.scores.nbytes)
     full_masks = len(result.instances) * run.image.shape[0] * run.image.shape[1]
-    size = app_state.kept_bytes(run)
+    size = session.kept_bytes(run)
     assert held < size <= held + full_masks + (1 << 20)
 
 
@@ -207,7 +210,7 @@ def test_run_store_keeps_the_most_recently_used_within_its_budget():
     reference holds, within its budget, and names the runs it dropped."""
     rng = np.random.default_rng(1)
     budget = 10_000
-    store = app_state.RunStore(budget_bytes=budget)
+    store = session.RunStore(budget_bytes=budget)
     reference: list[tuple[str, int]] = []  # (key, bytes), least recently used first
     dropped: set[str] = set()
     for _ in range(400):
@@ -236,7 +239,7 @@ def test_run_store_keeps_the_most_recently_used_within_its_budget():
 
 
 def test_run_store_counts_what_a_run_builds_after_it_was_stored():
-    store = app_state.RunStore(budget_bytes=1000)
+    store = session.RunStore(budget_bytes=1000)
     first, second = store.put(_run_of(400)), store.put(_run_of(400))
     store.get(second).features["cache"] = np.zeros(500, np.uint8)  # e.g. a frame made on demand
     assert store.get(second) is not None  # measured again: 900 bytes now, the other one goes
