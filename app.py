@@ -59,10 +59,12 @@ logger = logging.getLogger("segfpn.app")
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES_DIR = HERE / "examples" / "images"
-#: Shown first in the examples gallery; any other image in the folder follows.
+#: The photos shown first in the gallery of real photos; any other photo in the folder follows.
 EXAMPLE_ORDER = ("cyclists_33823288584.jpg", "dogs_people_16004479832.jpg", "street_wide_17790319373.jpg",
-                 "synthetic_shapes_0.png", "voc2007_000001_portrait.jpg", "astronaut.png", "coffee.png",
-                 "chelsea_cat.png", "synthetic_shapes_1.png")
+                 "voc2007_000001_portrait.jpg", "astronaut.png", "coffee.png", "chelsea_cat.png")
+#: The examples of the bundled model's world: synthetic shapes (their ground truth in
+#: examples/images/synthetic_shapes.instances.json).
+SYNTHETIC_EXAMPLES = "synthetic_shapes_*.png"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
@@ -95,6 +97,10 @@ CSS = """
 .status-warning { border-left: 4px solid #d97706; padding: 0.5em 1em; background: #fffbeb; color: #1f2937; }
 .status-ok { opacity: 0.85; }
 .run-info { min-height: 3em; }
+#reload-button { align-self: flex-start; }
+@media (max-width: 640px) { #status-row { flex-direction: column; } }
+.legend-swatch { display: inline-block; width: 0.9em; height: 0.9em; border-radius: 2px; margin: 0 0.3em 0 0.8em;
+                 vertical-align: middle; }
 """
 
 
@@ -174,13 +180,16 @@ with _without_pyi_stub():
             return AnnotatedImageData(image=FileData(path=str(base_path)), annotations=sections)
 
 
-def example_images(folder: Path = EXAMPLES_DIR) -> list[str]:
-    """The example photos, in :data:`EXAMPLE_ORDER` first."""
+def example_images(folder: Path = EXAMPLES_DIR) -> tuple[list[str], list[str]]:
+    """(real photos, :data:`EXAMPLE_ORDER` first; synthetic examples) in ``folder``."""
     if not folder.is_dir():
-        return []
+        return [], []
     files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    synthetic = sorted(str(p) for p in files if p.match(SYNTHETIC_EXAMPLES))
     rank = {name: i for i, name in enumerate(EXAMPLE_ORDER)}
-    return [str(p) for p in sorted(files, key=lambda p: (rank.get(p.name, len(rank)), p.name))]
+    photos = [str(p) for p in sorted(files, key=lambda p: (rank.get(p.name, len(rank)), p.name))
+              if str(p) not in synthetic]
+    return photos, synthetic
 
 
 @contextlib.contextmanager
@@ -276,19 +285,25 @@ class Events:
         """After Segment: every other tab, drawn from the run."""
         run = self.run_of(key)
         if run is None:
-            return [gr.skip()] * 12
+            return [gr.skip()] * 13
         with user_errors("Drawing"):
             start = time.perf_counter()
             semantic = views.draw_semantic_view(run)
+            legend = views.semantic_legend(run)
             panoptic = self._panoptic(run)
             rows = views.segment_rows(run)
             activation, info, channel = views.activation_view(run, level, mode, channel)
             levels, levels_text = views.levels_view(run, score_threshold=score, source=roi_source)
             summary = views.instance_summary(run, score_threshold=score, classes=None)
             run.timings["drawing"] = run.timings.get("drawing", 0.0) + time.perf_counter() - start
-        return (gr.Dropdown(choices=views.class_choices(run), value=[]), summary, semantic,
+        return (gr.Dropdown(choices=views.class_choices(run), value=[]), summary, semantic, legend,
                 panoptic, rows, "", activation, info, self._channel_slider(run, level, channel),
                 levels, levels_text, views.run_summary(run))
+
+    def caption(self, key, score):
+        """The Instances view's caption for the new run, at once (the other views take longer)."""
+        run = self.runs.get(key)
+        return views.instance_summary(run, score_threshold=score, classes=None) if run is not None else gr.skip()
 
     def redraw_instances(self, key, score, opacity, classes, show_boxes, show_labels):
         """The instance overlay again, with new display settings (the model does not run)."""
@@ -409,6 +424,7 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
     runs = runs if runs is not None else RunStore(budget_bytes=SESSION_MEMORY_MB << 20)
     events = Events(source, runs=runs, max_side=max_side)
     panoptic_tabs = predictor is None or predictor.has_semantic_head
+    offline = source.loaded_from == str(resolve.BUNDLED_CHECKPOINT)
     # Every class of the model, until a run narrows the list to the classes it found.
     all_classes = sorted(set(predictor.categories.thing_names) - {"N/A"}) if predictor else []
     view = dict(format="png", show_label=False, height=VIEW_HEIGHT, interactive=False,
@@ -423,7 +439,7 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
 
         run_state = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=forget)
         gr.Markdown(f"# {TITLE}\n{INTRO}")
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=False, elem_id="status-row"):
             model_status = gr.Markdown(source.describe(), elem_id="model-status",
                                        elem_classes=["status-ok" if predictor else "status-warning"])
             status_timer = gr.Timer(STATUS_REFRESH_S, active=source.busy)
@@ -438,9 +454,15 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
                 run_info = gr.Markdown("Upload an image or pick an example, then press **Segment**.",
                                        label="Run summary", elem_id="run-info",
                                        elem_classes=["run-info"])
-                gr.Examples([[p] for p in example_images(examples_dir)], inputs=[image_in],
-                            label="Examples: real photos (sources and licences in "
-                                  "examples/images/PROVENANCE.md)", examples_per_page=9)
+                photos, synthetic = example_images(examples_dir)
+                galleries = [(photos, "Examples: real photos (sources and licences in "
+                                      "examples/images/PROVENANCE.md)"),
+                             (synthetic, "Examples: synthetic shapes (what the offline model was trained on)")]
+                if offline:  # the offline model knows shapes, not COCO's objects: its world first
+                    galleries.reverse()
+                for images, label in galleries:
+                    if images:
+                        gr.Examples([[p] for p in images], inputs=[image_in], label=label, examples_per_page=9)
             with gr.Column(scale=5, min_width=480):
                 with gr.Tabs():
                     with gr.Tab("Instances", id="instances"):
@@ -457,6 +479,7 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
                             show_labels = gr.Checkbox(True, label="Labels", scale=1)
                     with gr.Tab("Semantic", id="semantic", visible=panoptic_tabs):
                         semantic = ViewImage(label="Semantic segmentation", **view)
+                        semantic_legend = gr.HTML(elem_id="semantic-legend")
                     with gr.Tab("Panoptic", id="panoptic", visible=panoptic_tabs):
                         panoptic = SegmentsImage(label="Panoptic segmentation", format="png",
                                                  show_label=False, height=VIEW_HEIGHT,
@@ -509,9 +532,11 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
             events.segment, [image_in, score, opacity, show_boxes, show_labels, run_state],
             [run_state, overlay, *downloads, run_info], api_name="segment", concurrency_id="model",
         )
+        segmented.success(events.caption, [run_state, score], [instance_info], api_visibility="private",
+                          show_progress="hidden", concurrency_id="caption")
         segmented.success(
             events.draw_views, [run_state, score, level, mode, channel, roi_source],
-            [classes, instance_info, semantic, panoptic, table, selection, pyramid, pyramid_info,
+            [classes, instance_info, semantic, semantic_legend, panoptic, table, selection, pyramid, pyramid_info,
              channel, levels, levels_info, run_info],
             api_visibility="private", show_progress_on=[semantic, panoptic, pyramid, levels], **draw,
         )

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import html
 from collections import Counter
 from collections.abc import Iterable
 
@@ -195,3 +196,22 @@ def run_summary(run: Run) -> str:
     timing = " · ".join(f"{name} {seconds:.2f} s" for name, seconds in stages)
     return (f"**{run.name}** · {size} (network input {in_w} × {in_h}) · {found}  \n"
             f"{timing} · **total {total:.2f} s** on **{run.device}**")
+
+
+def semantic_legend(run: Run) -> str:
+    """HTML: a swatch, the name and the share of the image of every class in the semantic view,
+    largest first ("" without a semantic branch)."""
+    semantic = run.result.semantic
+    if semantic is None:
+        return ""
+    colors = viz.semantic_colors(semantic)
+    counts = np.bincount(semantic.labels.ravel(), minlength=len(semantic.class_names))[:len(semantic.class_names)]
+    total = max(int(counts.sum()), 1)
+    items = []
+    for label in np.argsort(-counts, kind="stable"):
+        if counts[label] == 0:
+            break
+        share = 100.0 * counts[label] / total
+        items.append(f'<span class="legend-swatch" style="background:{_hex(colors[label])}"></span>'
+                     f"{html.escape(semantic.class_names[label])} {share:.1f} %")
+    return "<div id='semantic-legend-items'>" + " ".join(items) + "</div>"

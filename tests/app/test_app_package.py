@@ -4,6 +4,7 @@ runs kept between requests."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -244,3 +245,36 @@ def test_run_store_counts_what_a_run_builds_after_it_was_stored():
     store.get(second).features["cache"] = np.zeros(500, np.uint8)  # e.g. a frame made on demand
     assert store.get(second) is not None  # measured again: 900 bytes now, the other one goes
     assert store.total_bytes == 900 and store.get(first) is None and store.was_dropped(first)
+
+
+def test_semantic_legend_lists_the_classes_by_share(run):
+    legend = views.semantic_legend(run)
+    semantic = run.result.semantic
+    present = {semantic.class_names[i] for i in np.unique(semantic.labels)}
+    assert all(name in legend for name in present)
+    shares = [float(x) for x in re.findall(r"(\d+\.\d) %", legend)]
+    assert shares == sorted(shares, reverse=True) and abs(sum(shares) - 100) < 0.1 * len(shares)
+
+
+def test_the_offline_model_shows_its_own_examples_first(monkeypatch, tmp_path):
+    import app
+
+    monkeypatch.setenv("SEGFPN_OFFLINE", "1")
+    monkeypatch.setenv("SEGFPN_WEIGHTS_DIR", str(tmp_path))  # no COCO checkpoint: the bundled model
+    offline = ModelSource(resolve.candidates(None), device="cpu")
+    coco = ModelSource.from_predictor(session_predictor_stub(), "coco-model")
+    for source, first in ((offline, "synthetic shapes"), (coco, "real photos")):
+        demo = app.build_demo(source)
+        labels = [c["props"].get("label") or "" for c in demo.config["components"] if c["type"] == "dataset"]
+        assert len(labels) == 2 and first in labels[0], labels
+        demo.close()
+
+
+def session_predictor_stub():
+    """Something with a predictor's surface for building the page (never run)."""
+    from types import SimpleNamespace
+
+    from segfpn.categories import coco_panoptic_category_set
+
+    return SimpleNamespace(predict=lambda *a, **k: None, categories=coco_panoptic_category_set(),
+                           has_semantic_head=True, arch="panoptic_fpn_R_50", device="cpu", source="coco-model")
