@@ -45,6 +45,7 @@ from gradio.data_classes import FileData
 from gradio.utils import get_upload_folder
 from PIL import Image
 
+from segfpn import video as videos
 from segfpn import viz
 from segfpn.app import files, session, views
 from segfpn.app.session import Run, RunStore
@@ -54,6 +55,7 @@ from segfpn.atomic_files import write_png
 from segfpn.checkpoints import catalogue, resolve
 from segfpn.checkpoints.download import install_cleanup_handlers
 from segfpn.imageio import ImageError
+from segfpn.outputs import draw_overlay
 
 logger = logging.getLogger("segfpn.app")
 
@@ -84,6 +86,11 @@ RUN_DROPPED = ("This run was dropped to free memory (the server keeps the last r
                "sessions within a memory budget); press Segment again.")
 #: Seconds between refreshes of the model status while a checkpoint downloads or loads.
 STATUS_REFRESH_S = 3.0
+#: Frames a video may have segmented in the app (with "every n-th frame"); longer videos are for
+#: `segfpn predict clip.mp4`, which resumes where it stopped.
+MAX_VIDEO_FRAMES = 900
+#: Seconds between webcam frames sent to the model (frames arriving while it runs are dropped).
+WEBCAM_EVERY_S = 0.25
 #: Height of the result views in CSS px: portrait photos fit on a screen.
 VIEW_HEIGHT = 560
 
@@ -202,6 +209,9 @@ def user_errors(what: str):
     except ImageError as e:
         logger.info("%s: unreadable input: %s", what, e)
         raise gr.Error(str(e), title="Cannot read this image", print_exception=False) from e
+    except videos.VideoError as e:
+        logger.info("%s: unreadable video: %s", what, e)
+        raise gr.Error(str(e), title="Cannot read this video", print_exception=False) from e
     except ModelUnavailable as e:
         logger.warning("%s: no model: %s", what, e)
         raise gr.Error(f"No model is loaded. {e}", title="No model", duration=None,
@@ -263,7 +273,7 @@ class Events:
             self.runs.discard(previous)
             key = self.runs.put(run)
         # The view shows the overlay download itself: one PNG, encoded once.
-        return (key, paths[0], *paths, views.run_summary(run))
+        return (key, paths[0], *paths, views.run_summary(run, views_drawn=False))
 
     def model_status(self):
         """The model status (what is loaded, or downloading), and the timer that refreshes it
@@ -353,6 +363,65 @@ class Events:
             return gr.skip(), gr.skip()
         with user_errors("Drawing"):
             return self._panoptic(run), ""
+
+    def export(self, key, formats, score, classes):
+        """The last run in the chosen formats, for the detections the Instances view shows."""
+        run = self.run_of(key)
+        if run is None:
+            return gr.skip()
+        if not formats:
+            raise gr.Error("Choose at least one format.", print_exception=False)
+        with user_errors("Export"):
+            try:
+                with files.request_dir() as folder:
+                    written = files.write_exports(run, folder, formats=formats, score_threshold=score,
+                                                  classes=classes)
+                    return [_to_gradio_cache(p) for p in written]
+            except ValueError as e:  # a class the model lacks, masks a box-only model lacks
+                raise gr.Error(str(e), title="Cannot export", print_exception=False) from e
+
+    def segment_video(self, video, every, overlay_kind, progress=gr.Progress()):
+        """Segment every ``every``-th frame of an uploaded video: the overlaid MP4 (H.264, which
+        browsers play), the per-frame COCO results JSON and a summary."""
+        if video is None:
+            raise gr.Error("Upload a video first.", print_exception=False)
+        every = int(every)
+        with user_errors("Video"), self.trim.running():
+            info = videos.probe_video(video)
+            expected = info.expected_frames()
+            if expected is not None and -(-expected // every) > MAX_VIDEO_FRAMES:
+                raise gr.Error(f"This video has {expected} frames: every {every}th is {-(-expected // every)}, more "
+                               f"than the {MAX_VIDEO_FRAMES} the app segments. Segment fewer (every "
+                               f"{-(-expected // MAX_VIDEO_FRAMES)}th frame or more), or run `segfpn predict` on it.",
+                               title="Video too long", print_exception=False)
+            predictor = self.source.get()
+
+            def report(p: videos.VideoProgress) -> None:
+                left = f", about {p.seconds_left:.0f} s left" if p.seconds_left is not None else ""
+                total = p.frames_total or "?"
+                progress(p.frames_done / p.frames_total if p.frames_total else None,
+                         desc=f"{p.frames_done} of {total} frames{left}")
+
+            with files.request_dir() as folder:
+                result = videos.predict_video(predictor, video, folder, every=every, overlay=overlay_kind,
+                                              progress=report)
+                clip, results = _to_gradio_cache(result.files.video), _to_gradio_cache(result.files.results)
+        summary = (f"**{Path(video).name}** · {info.width} × {info.height} px · {result.frames_done} frames segmented "
+                   f"(every {every}th)" + (f" · stopped early: {result.problem}" if result.problem else ""))
+        return clip, results, summary
+
+    def webcam_frame(self, frame, overlay_kind):
+        """One webcam frame: segmented, drawn, with the time the model took."""
+        if frame is None:
+            return gr.skip(), gr.skip()
+        with user_errors("Webcam"):
+            predictor = self.source.get()
+            start = time.perf_counter()
+            result = predictor.predict(frame)
+            seconds = time.perf_counter() - start
+            drawn = draw_overlay(frame, result, overlay=overlay_kind)
+        return drawn, (f"{len(result.instances)} detections · {seconds * 1000:.0f} ms a frame "
+                       f"(up to {1 / max(seconds, 1e-3):.1f} frames/s; frames arriving meanwhile are dropped)")
 
     @staticmethod
     def _panoptic(run: Run, highlight: int | None = None):
@@ -523,6 +592,34 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
                         with gr.Row():
                             file_panoptic_png = gr.File(label="Panoptic: COCO panoptic PNG")
                             file_panoptic_json = gr.File(label="Panoptic: segments JSON")
+                        export_formats = gr.CheckboxGroup(list(files.EXPORT_CHOICES), value=["labelme"],
+                                                          label="More formats: the detections the Instances "
+                                                                "view shows (its score threshold and classes)",
+                                                          elem_id="export-formats")
+                        export_btn = gr.Button("Export", size="sm", elem_id="export-button")
+                        exported = gr.File(label="Exported files", file_count="multiple", elem_id="exported")
+                    with gr.Tab("Video", id="video"):
+                        video_in = gr.Video(label="Video", sources=["upload"], elem_id="video-input")
+                        with gr.Row():
+                            video_every = gr.Slider(1, 30, 1, step=1, label="Segment every n-th frame",
+                                                    elem_id="video-every")
+                            video_overlay = gr.Radio([("panoptic segments", "panoptic"), ("instances", "instances")],
+                                                     value="panoptic", label="Overlay")
+                        video_btn = gr.Button("Segment video", variant="primary", elem_id="video-button")
+                        video_out = gr.Video(label="Segmented video", interactive=False, elem_id="video-output")
+                        video_results = gr.File(label="Per-frame COCO results (JSON, frame indices)")
+                        video_info = gr.Markdown(elem_id="video-info")
+                    with gr.Tab("Webcam", id="webcam"):
+                        gr.Markdown("Frames from your camera, segmented as fast as the model allows (frames that "
+                                    "arrive while it runs are dropped, never queued). Without a camera, or "
+                                    "when the browser is not allowed to use it, the box below says so.")
+                        with gr.Row():
+                            webcam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Camera",
+                                              elem_id="webcam-input")
+                            webcam_out = gr.Image(label="Segmented", interactive=False, elem_id="webcam-output")
+                        webcam_overlay = gr.Radio([("instances", "instances"), ("panoptic segments", "panoptic")],
+                                                  value="instances", label="Overlay")
+                        webcam_info = gr.Markdown(elem_id="webcam-info")
 
         # Segment runs the model (one at a time); every other event draws from the session's run.
         downloads = [file_overlay, file_coco, file_panoptic_png, file_panoptic_json]
@@ -560,6 +657,13 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
             # One model: a reload waits for the runs before it, and they for it.
             reload_btn.click(events.reload_model, None, [model_status], api_name="reload_model",
                              concurrency_id="model")
+        export_btn.click(events.export, [run_state, export_formats, score, classes], [exported],
+                         api_name="export", **draw)
+        video_btn.click(events.segment_video, [video_in, video_every, video_overlay],
+                        [video_out, video_results, video_info], api_name="segment_video", concurrency_id="model")
+        webcam.stream(events.webcam_frame, [webcam, webcam_overlay], [webcam_out, webcam_info],
+                      stream_every=WEBCAM_EVERY_S, trigger_mode="always_last", concurrency_id="model",
+                      show_progress="hidden", api_visibility="private")
         table.select(events.select_segment, [run_state], [panoptic, selection],
                      api_visibility="private", **draw)
         show_all.click(events.show_all_segments, [run_state], [panoptic, selection],

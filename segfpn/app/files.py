@@ -18,6 +18,7 @@ import numpy as np
 from segfpn.app.session import Run
 from segfpn.atomic_files import write_png
 from segfpn.outputs import ResultFiles, result_files, write_result
+from segfpn.outputs import write_exports as write_exports_for
 
 _ROOT: Path | None = None
 _ROOT_LOCK = threading.Lock()
@@ -57,3 +58,17 @@ def write_downloads(run: Run, overlay: np.ndarray, directory: Path) -> ResultFil
 def write_overlay(run: Run, overlay: np.ndarray, directory: Path) -> Path:
     """The overlay alone (a redraw), under the name :func:`write_downloads` gives it."""
     return write_png(result_files(directory, run.name, panoptic=False).overlay, overlay)
+
+
+#: (label, format) of the exports the Downloads tab offers (:data:`segfpn.formats.EXPORT_FORMATS`).
+EXPORT_CHOICES = (("LabelMe JSON (polygons)", "labelme"), ("YOLO segmentation txt", "yolo"),
+                  ("CVAT for images XML", "cvat"), ("cut-outs (PNG with alpha, zipped)", "cutouts"),
+                  ("detections table (CSV)", "csv"), ("detections table (Parquet)", "parquet"))
+
+
+def write_exports(run: Run, directory: Path, *, formats, score_threshold: float, classes=None) -> list[Path]:
+    """The run's files in ``formats`` (:func:`segfpn.outputs.write_exports`), for the detections
+    the Instances view shows: score at least ``score_threshold``, of ``classes`` (None: all)."""
+    written = write_exports_for(run.result, run.image, directory, image_name=run.name, formats=formats,
+                                score_threshold=score_threshold, classes=classes or None)
+    return list(written.values())

@@ -174,8 +174,9 @@ def levels_view(run: Run, *, score_threshold: float = 0.5, classes: Iterable[str
     return drawing, text
 
 
-def run_summary(run: Run) -> str:
-    """Markdown: the image, its sizes, what was found, the time per stage and the device."""
+def run_summary(run: Run, *, views_drawn: bool = True) -> str:
+    """Markdown: the image, its sizes, what was found, the time per stage and the device;
+    ``views_drawn=False`` while the views beside the first are still being drawn."""
     r = run.result
     h, w = run.image.shape[:2]
     in_h, in_w = r.input_size
@@ -194,8 +195,9 @@ def run_summary(run: Run) -> str:
         stages.append(("drawing", t["drawing"]))
     total = sum(v for _, v in stages)
     timing = " · ".join(f"{name} {seconds:.2f} s" for name, seconds in stages)
+    state = "every view drawn" if views_drawn else "drawing the other views…"
     return (f"**{run.name}** · {size} (network input {in_w} × {in_h}) · {found}  \n"
-            f"{timing} · **total {total:.2f} s** on **{run.device}**")
+            f"{timing} · **total {total:.2f} s** on **{run.device}** · {state}")
 
 
 def semantic_legend(run: Run) -> str:

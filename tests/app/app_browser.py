@@ -34,13 +34,19 @@ def missing_browser() -> str | None:
     return None
 
 
+#: Chromium's own test camera (a moving pattern) and microphone, allowed without asking.
+FAKE_CAMERA_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+
+
 @contextlib.contextmanager
-def browser_page(width: int = 1440, height: int = 1000):
-    """A fresh Chromium page (headless) of ``width`` x ``height`` CSS px."""
+def browser_page(width: int = 1440, height: int = 1000, *, fake_camera: bool = False):
+    """A fresh Chromium page (headless) of ``width`` x ``height`` CSS px; ``fake_camera``: with
+    Chromium's test camera as the webcam."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        args = CHROMIUM_ARGS + (FAKE_CAMERA_ARGS if fake_camera else [])
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.set_default_timeout(STEP_TIMEOUT_MS)
@@ -77,7 +83,8 @@ def segment(page, url: str, photo: Path) -> None:
     page.click("#segment-button")
     wait_for_image(page, "#instances-image img")
     wait_for_text(page, "#run-info", "drawing")
-    wait_for_text(page, "#instance-info", "detections shown")  # the other views are drawn
+    wait_for_text(page, "#run-info", "every view drawn")
+    wait_for_text(page, "#instance-info", "detections shown")
 
 
 def open_tab(page, name: str) -> None:

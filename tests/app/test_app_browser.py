@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from app_browser import (browser_page, choose, missing_browser, open_tab, pixels, segment, text_of,
-                         wait_for_text)
+                         wait_for_image, wait_for_text)
 from app_testing import PHOTO, SCREENSHOTS
+
+from testdata import photo_frames, write_video
 
 
 def _not_blank(image: np.ndarray, what: str, min_std: float = 12.0) -> None:
@@ -49,3 +51,34 @@ def test_segment_and_inspect_in_a_browser(server):
         wait_for_text(page, "#selected-segment", "#")
         _not_blank(pixels(page, path=SCREENSHOTS / "app_4_panoptic_selected.png"), "the page")
     assert server.predictor.calls == calls + 1  # one Segment, every other view from the session
+
+
+def test_exports_video_and_webcam_in_a_browser(server, tmp_path):
+    problem = missing_browser()
+    if problem:
+        pytest.fail(f"The browser test needs Playwright and Chromium: {problem}", pytrace=False)
+    clip = write_video(tmp_path / "clip.mp4", photo_frames(10))
+    with browser_page(fake_camera=True) as page:
+        segment(page, server.url, PHOTO)
+
+        open_tab(page, "Downloads")
+        page.locator("#export-formats label").filter(has_text="detections table (CSV)").click()
+        page.click("#export-button")
+        wait_for_text(page, "#exported", ".detections")  # the page breaks the name before its suffix
+        assert ".labelme" in text_of(page, "#exported")
+
+        open_tab(page, "Video")
+        page.locator("#video-input input[type=file]").set_input_files(str(clip))
+        page.click("#video-button")
+        wait_for_text(page, "#video-info", "frames segmented")
+        page.wait_for_function("() => { const v = document.querySelector('#video-output video');"
+                               " return v && v.readyState >= 2 && v.videoWidth > 0; }")
+        _not_blank(pixels(page, path=SCREENSHOTS / "app_5_video.png"), "the page")
+
+        open_tab(page, "Webcam")
+        page.locator("#webcam-input").get_by_text("Click to Access Webcam").click()
+        page.locator("#webcam-input button[aria-label='capture photo']").click()  # start streaming
+        wait_for_text(page, "#webcam-info", "ms a frame")
+        wait_for_image(page, "#webcam-output img")
+        _not_blank(pixels(page, "#webcam-output img"), "the segmented webcam frame")
+        _not_blank(pixels(page, path=SCREENSHOTS / "app_6_webcam.png"), "the page")
