@@ -10,7 +10,12 @@ Files in ``out_dir``::
     coco_instances_results.json   COCO detection results (bbox xywh, score, RLE segmentation)
     panoptic_pred.json            COCO panoptic predictions ("annotations", "categories")
     panoptic_pred/<name>.png      segment maps, id = R + 256 G + 256² B, 0 = void
-    metrics.json                  {"num_images", "bbox", "segm", "panoptic"}
+    metrics.json                  {"num_images", "bbox", "segm", "panoptic", "by_level"}
+
+``by_level=True`` (``segfpn eval --by-level``) adds COCO AP and AR per FPN level
+(:mod:`segfpn.evaluation.by_level`: detections by the level their RoI was pooled from, ground
+truth by the level its box maps to under the model's rule in network pixels) and writes each
+detection's ``level`` into the results file.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import argparse
 import json
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from tqdm import tqdm
 
+from segfpn.evaluation.by_level import coco_ap_by_level, format_by_level_table, level_rule, rule_description
 from segfpn.evaluation.coco_ap import coco_ap, format_ap_table, load_coco_gt
 from segfpn.evaluation.panoptic_quality import (PanopticQuality, format_pq_table,
                                                 pq_compute_files, read_panoptic_png)
@@ -48,7 +55,7 @@ def evaluate(predictor: SupportsPredict, *, images_dir: str | os.PathLike,
              instances_json: str | os.PathLike | None = None,
              panoptic_json: str | os.PathLike | None = None,
              panoptic_dir: str | os.PathLike | None = None,
-             out_dir: str | os.PathLike, progress: bool = True) -> dict:
+             out_dir: str | os.PathLike, progress: bool = True, by_level: bool = False) -> dict:
     """Predict every image of a COCO annotation file, write the predictions and score them.
 
     predictor: anything with ``predict(image_path: str) -> segfpn.structures.Result``.
@@ -58,13 +65,25 @@ def evaluate(predictor: SupportsPredict, *, images_dir: str | os.PathLike,
     to the JSON path without ``.json``) -> PQ of ``result.panoptic``, which the predictor must
     then return (a model with a semantic head).
     The images evaluated are those of the given annotation files (their union).
+    by_level: also COCO AP and AR per FPN level (needs ``instances_json`` and a predictor with a
+    ``config``, whose level rule maps the ground truth: :func:`~segfpn.evaluation.by_level.level_rule`).
 
     Returns the metrics, also written to ``out_dir/metrics.json``: ``{"num_images",
-    "bbox": {AP, AP50, ...}, "segm": {...}, "panoptic": {"All", "Things", "Stuff", "per_class"}}``
-    (keys present for the ground truths given; fractions in [0, 1]).
+    "bbox": {AP, AP50, ...}, "segm": {...}, "panoptic": {"All", "Things", "Stuff", "per_class"},
+    "by_level": {"rule": {...}, "bbox": {"p2": {AP, AP50, AP75, AR1, AR10, AR100, num_gt,
+    num_detections}, ...}, "segm": {...}}}`` (keys present for the ground truths given; fractions
+    in [0, 1]).
     """
     if instances_json is None and panoptic_json is None:
         raise ValueError("nothing to evaluate: pass instances_json and/or panoptic_json")
+    rule = None
+    if by_level:
+        if instances_json is None:
+            raise ValueError("by_level needs instances_json: AP per level is computed on COCO instances")
+        if getattr(predictor, "config", None) is None:
+            raise ValueError("by_level needs a predictor with a config (segfpn.load's): its level rule maps the "
+                             "ground truth to levels")
+        rule = level_rule(predictor.config)
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder {images_dir} does not exist")
@@ -83,6 +102,7 @@ def evaluate(predictor: SupportsPredict, *, images_dir: str | os.PathLike,
         pq = PanopticQuality(panoptic_gt["categories"])
         (out_dir / PANOPTIC_PNG_DIR).mkdir(exist_ok=True)
     panoptic_annotations = []
+    sizes = {}  # image id -> (image size, network input size), for the ground truth's levels
 
     with _JsonListWriter(out_dir / DETECTIONS_FILE, enabled=coco_gt is not None) as detections:
         for image in tqdm(images, desc="eval", unit="img", disable=not progress):
@@ -96,7 +116,12 @@ def evaluate(predictor: SupportsPredict, *, images_dir: str | os.PathLike,
                                  panoptic_gt["categories"] if panoptic_gt is not None else [])
             _check_image_size(result, image, path)
             if image["id"] in instance_image_ids:
-                for entry in instances_to_coco_results(result.instances, image["id"]):
+                entries = instances_to_coco_results(result.instances, image["id"])
+                if by_level:
+                    sizes[image["id"]] = (tuple(result.image_size), tuple(result.input_size))
+                    for entry, level in zip(entries, result.instances.levels.tolist()):
+                        entry["level"] = int(level)
+                for entry in entries:
                     detections.write(entry)
             gt_ann = panoptic_by_image.get(image["id"])
             if gt_ann is not None:
@@ -117,6 +142,13 @@ def evaluate(predictor: SupportsPredict, *, images_dir: str | os.PathLike,
     if coco_gt is not None:
         for iou_type in ("bbox", "segm"):
             metrics[iou_type] = coco_ap(coco_gt, out_dir / DETECTIONS_FILE, iou_type=iou_type)
+    if by_level:
+        results = _read_json(out_dir / DETECTIONS_FILE, what="detection results")
+        with_masks = bool(results) and all("segmentation" in r for r in results)
+        metrics["by_level"] = {"rule": rule_description(rule)}
+        for iou_type in ("bbox", "segm") if with_masks else ("bbox",):
+            metrics["by_level"][iou_type] = coco_ap_by_level(coco_gt, results, sizes=sizes, rule=rule,
+                                                             iou_type=iou_type)
     if pq is not None:
         write_json(out_dir / PANOPTIC_JSON_FILE, {"annotations": panoptic_annotations,
                                                    "categories": panoptic_gt["categories"]})
@@ -188,6 +220,11 @@ def format_metrics(metrics: Mapping) -> str:
         parts.append(format_ap_table(ap))
     if "panoptic" in metrics:
         parts.append(format_pq_table(metrics["panoptic"]))
+    if "by_level" in metrics:
+        rule = metrics["by_level"].get("rule", {})
+        parts.append(f"by FPN level (detections: the level their RoI was pooled from; ground truth: "
+                     f"k = floor({rule.get('canonical_level')} + log2(sqrt(wh) / {rule.get('canonical_size')})) "
+                     f"in network pixels)\n" + format_by_level_table(metrics["by_level"]))
     return "\n\n".join(parts)
 
 
@@ -219,6 +256,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     files.add_argument("--pred-panoptic", metavar="PRED.json", help="COCO panoptic predictions")
     files.add_argument("--pred-panoptic-dir", metavar="PNGS",
                        help="predicted panoptic PNGs (default: --pred-panoptic without .json)")
+    model.add_argument("--by-level", action="store_true",
+                       help="also COCO AP and AR per FPN level: detections by the level their RoI was pooled "
+                            "from, ground truth by the level its box maps to under the model's rule "
+                            "(needs --instances)")
     parser.add_argument("--out", metavar="OUT",
                         help="output folder (required with --weights; metrics.json otherwise)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -234,6 +275,11 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if args.weights and from_files:
         raise SystemExit("segfpn eval: --weights runs a model; --predictions-dir, --detections "
                          "and --pred-panoptic score existing files. Use one or the other.")
+    if args.by_level and not args.weights:
+        return _usage_error("--by-level runs the model (--weights, --images, --out): prediction files do not "
+                            "say which network input size each image had")
+    if args.by_level and not args.instances:
+        return _usage_error("--by-level needs --instances ANN.json (AP per level is computed on COCO instances)")
     if args.weights:
         if not args.images or not args.out:
             raise SystemExit("segfpn eval: --weights needs --images DIR and --out OUT")
@@ -242,7 +288,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         predictor = segfpn.load(args.weights, device=args.device, precision=args.precision)
         metrics = evaluate(predictor, images_dir=args.images, instances_json=args.instances,
                            panoptic_json=args.panoptic, panoptic_dir=args.panoptic_dir,
-                           out_dir=args.out, progress=not args.no_progress)
+                           out_dir=args.out, progress=not args.no_progress, by_level=args.by_level)
     elif from_files:
         metrics = evaluate_files(instances_json=args.instances, detections=args.detections,
                                  panoptic_json=args.panoptic, panoptic_dir=args.panoptic_dir,
@@ -257,6 +303,12 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if args.out:
         print(f"\nmetrics written to {Path(args.out) / METRICS_FILE}")
     return 0
+
+
+def _usage_error(message: str) -> int:
+    """A command-line mistake: one ``error:`` line on stderr, exit status 2."""
+    print(f"error: segfpn eval: {message}", file=sys.stderr)
+    return 2
 
 
 class _JsonListWriter:
