@@ -226,8 +226,11 @@ class TorchvisionRunner:
 
         self.torch = torch
         self.device = torch.device(device)
+        from segfpn.reference import use_coco_v1_eps
+
         model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=0.0)
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        use_coco_v1_eps(model)  # as the builder runs its COCO_V1 weights
         self.model = model.eval().to(self.device)
         self.sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         m = self.model
@@ -431,9 +434,9 @@ class Worker:
     """The parent's handle on one worker process."""
 
     def __init__(self, name: str, kind: str, common: list[str], *, precision: str = "fp32", optimize: str = "full",
-                 env: dict | None = None):
+                 env: dict | None = None, script: Path | None = None):
         self.name = name
-        command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--name", name,
+        command = [sys.executable, str(script or Path(__file__).resolve()), "--worker", kind, "--name", name,
                    "--precision", precision, "--optimize", optimize, *common]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         cwd=ROOT, env={**os.environ, **(env or {})})

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import math
 import os
 import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,15 +17,20 @@ import torch
 from segfpn.categories import CategorySet
 from segfpn.checkpoints.loading import LoadReport, load_checkpoint
 from segfpn.checkpoints.resolve import resolve as resolve_checkpoint
-from segfpn.config import ModelConfig
+from segfpn.config import InputConfig, ModelConfig, PoolerConfig
 from segfpn.imageio import read_image
-from segfpn.model.detector import NetworkOutputs, SegFPN
+from segfpn.model.detector import NetworkOutputs, SegFPN, StageClock
 from segfpn.model.fusion import fuse_panoptic
 from segfpn.model.optimize import keep_freed_memory, optimize_for_inference
 from segfpn.model.postprocess import ImageInstances, postprocess_instances, semantic_labels_to_image
-from segfpn.model.preprocess import preprocess
+from segfpn.model.preprocess import ImageBatch, preprocess
+from segfpn.model.roi_heads import InstanceOutputs
 from segfpn.structures import (InstanceMasks, Instances, PanopticSegmentation, Result, Segment,
                                SemanticSegmentation)
+
+if TYPE_CHECKING:  # segfpn.explain and segfpn.evaluation sit above this module; imported where used
+    from segfpn.evaluation.by_level import LevelMetrics
+    from segfpn.explain import DetectionExplanation, Inspection, ScaleSweep, WhatIf
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +89,17 @@ class Predictor:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @torch.inference_mode()
-    def predict(self, image, *, return_features: bool = False) -> Result:
-        """``image``: a path, bytes, PIL image, or HxWx3 uint8 RGB array (see :func:`segfpn.imageio.read_image`)."""
-        return self._predict_images([image], return_features=return_features)[0]
+    def predict(self, image, *, return_features: bool = False, level_override: int | None = None,
+                canonical_level: int | None = None, canonical_size: float | None = None) -> Result:
+        """``image``: a path, bytes, PIL image, or HxWx3 uint8 RGB array (see :func:`segfpn.imageio.read_image`).
+
+        Two-stage models only: ``level_override`` pools every RoI from that one level (2..6);
+        ``canonical_level`` / ``canonical_size`` replace k0 / s0 of the level rule
+        k = floor(k0 + log2(sqrt(wh) / s0)) for this call. To compare with the model's own rule
+        without running the backbone twice, use :meth:`inspect` and :meth:`what_if`.
+        """
+        rule = self._changed_rule(level_override, canonical_level, canonical_size, what="predict with another level rule")
+        return self._predict_images([image], return_features=return_features, rule=rule)[0]
 
     @torch.inference_mode()
     def predict_batch(self, images: list) -> list[Result]:
@@ -90,16 +107,11 @@ class Predictor:
         images are padded to the largest, so one at a time is as fast). Timings are per batch."""
         return self._predict_images(list(images), return_features=False) if len(images) else []
 
-    def _predict_images(self, images: list, *, return_features: bool) -> list[Result]:
+    def _predict_images(self, images: list, *, return_features: bool, rule: PoolerConfig | None = None,
+                        input_config: InputConfig | None = None, semantic: bool = True) -> list[Result]:
         timings = {}
-        start = time.perf_counter()
-        rgbs = [read_image(image) for image in images]
-        batch = preprocess(rgbs, self.config.input, device=self.device)
-        if self.optimized:
-            batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
-        timings["preprocess"] = time.perf_counter() - start
-        with self._autocast():
-            outputs = self.model(batch, keep_bottom_up=return_features, timings=timings)
+        rgbs, batch, outputs = self._run_network(images, timings=timings, keep_bottom_up=return_features, rule=rule,
+                                                 input_config=input_config, semantic=semantic)
         start = time.perf_counter()
         results = [self.to_result(outputs, batch.image_sizes[i], rgb.shape[:2], batch.padded_size,
                                   return_features=return_features, index=i) for i, rgb in enumerate(rgbs)]
@@ -108,23 +120,206 @@ class Predictor:
             result.timings = dict(timings)
         return results
 
+    def _run_network(self, images: list, *, timings: dict[str, float], keep_bottom_up: bool,
+                     rule: PoolerConfig | None = None, input_config: InputConfig | None = None,
+                     semantic: bool = True) -> tuple[list[np.ndarray], ImageBatch, NetworkOutputs]:
+        """Read and preprocess ``images`` (with ``input_config`` instead of the model's sizes when
+        given) and run the network: (RGB arrays, batch, outputs). ``rule`` replaces the RoI level
+        rule; ``semantic=False`` leaves the semantic head out."""
+        start = time.perf_counter()
+        rgbs = [read_image(image) for image in images]
+        batch = preprocess(rgbs, input_config or self.config.input, device=self.device)
+        if self.optimized:
+            batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
+        timings["preprocess"] = time.perf_counter() - start
+        with self._autocast():
+            if rule is None and (semantic or not self.has_semantic_head):
+                outputs = self.model(batch, keep_bottom_up=keep_bottom_up, timings=timings)
+            else:
+                outputs = self._forward_stages(batch, keep_bottom_up=keep_bottom_up, timings=timings, rule=rule,
+                                               semantic=semantic)
+        return rgbs, batch, outputs
+
+    def _forward_stages(self, batch: ImageBatch, *, keep_bottom_up: bool, timings: dict[str, float],
+                        rule: PoolerConfig | None, semantic: bool) -> NetworkOutputs:
+        """:meth:`SegFPN.forward`, stage by stage, with the RoI level rule replaced by ``rule`` and
+        the semantic head run only when ``semantic``."""
+        model = self.model
+        clock = StageClock(timings, batch.tensor.device)
+        bottom_up, pyramid = model.features(batch)
+        clock.lap("backbone_fpn")
+        proposals = model.propose(pyramid, batch)
+        instances = model.detect(pyramid, proposals, batch.image_sizes, pooler=rule)
+        clock.lap("heads")
+        logits = model.segment(pyramid) if semantic else None
+        clock.lap("semantic_head")
+        stride = model.semantic_head.config.common_stride if logits is not None else 1
+        return NetworkOutputs(bottom_up=bottom_up if keep_bottom_up else {}, pyramid=pyramid, proposals=proposals,
+                              instances=instances, semantic_logits=logits, semantic_stride=stride)
+
+    def _changed_rule(self, level: int | None, canonical_level: int | None, canonical_size: float | None, *,
+                      what: str, rule: PoolerConfig | None = None) -> PoolerConfig | None:
+        """The level rule with the changes asked for (None when none is asked for)."""
+        from segfpn.explain import changed_rule, require_roi_heads
+
+        if level is None and canonical_level is None and canonical_size is None:
+            return None
+        require_roi_heads(self.config, what)
+        levels = sorted(int(name[1:]) for name in self.model.fpn.strides)
+        return changed_rule(rule or self.config.pooler, level=level, canonical_level=canonical_level,
+                            canonical_size=canonical_size, levels=levels)
+
+    # -- the pyramid, explained (segfpn.explain) --------------------------------------------------
+
+    @torch.inference_mode()
+    def inspect(self, image, *, return_features: bool = False) -> Inspection:
+        """Run ``image`` once and keep what the RoI heads need (the pyramid, the proposals, the
+        detections in network pixels), so that :meth:`explain` and :meth:`what_if` need no
+        backbone. Same result as :meth:`predict` (``inspection.result``). Two-stage models only
+        (:class:`~segfpn.explain.NoRoIsError` for a RetinaNet)."""
+        from segfpn.explain import Inspection, require_roi_heads
+
+        require_roi_heads(self.config, "inspect")
+        timings = {}
+        rgbs, batch, outputs = self._run_network([image], timings=timings, keep_bottom_up=return_features)
+        start = time.perf_counter()
+        result = self.to_result(outputs, batch.image_sizes[0], rgbs[0].shape[:2], batch.padded_size,
+                                return_features=return_features)
+        timings["postprocess"] = time.perf_counter() - start
+        result.timings = timings
+        return Inspection.from_outputs(result, outputs, rule=self.config.pooler, model=self.model,
+                                       clip_boxes_to_image=self.config.box_head.clip_output_boxes)
+
+    def explain(self, image_or_inspection, detection: int) -> DetectionExplanation:
+        """Detection ``detection`` of an :class:`~segfpn.explain.Inspection` (or of an image, run
+        first), level by level: :class:`~segfpn.explain.DetectionExplanation`."""
+        from segfpn.explain import explain_detection
+
+        inspection = self._inspection(image_or_inspection)
+        return explain_detection(inspection, detection, model=self.model, config=self.config,
+                                 autocast=self._autocast)
+
+    @torch.inference_mode()
+    def what_if(self, image_or_inspection, *, level: int | None = None, canonical_level: int | None = None,
+                canonical_size: float | None = None) -> WhatIf:
+        """Re-run only the RoI heads on the kept pyramid and proposals with every RoI forced onto
+        ``level``, or with another k0 (``canonical_level``) / s0 (``canonical_size``), and compare
+        every detection with the original: :class:`~segfpn.explain.WhatIf`. With nothing changed
+        the detections are the original ones."""
+        from segfpn.explain import what_if
+
+        inspection = self._inspection(image_or_inspection)
+        rule = self._changed_rule(level, canonical_level, canonical_size, what="what_if", rule=inspection.rule)
+        rule = rule or inspection.rule
+        image_size, input_size = inspection.image_size, inspection.input_size
+        padded_size = inspection.result.padded_size
+
+        def run_heads(rule: PoolerConfig) -> InstanceOutputs:
+            with self._autocast():
+                return self.model.detect(inspection.pyramid, [inspection.proposals], [input_size], pooler=rule)[0]
+
+        def to_instances(detections: InstanceOutputs) -> Instances:
+            outputs = NetworkOutputs(bottom_up={}, pyramid={}, proposals=[], instances=[detections],
+                                     semantic_logits=None)
+            return self.to_result(outputs, input_size, image_size, padded_size, return_features=False).instances
+
+        return what_if(inspection, rule, run_heads=run_heads, to_instances=to_instances)
+
+    def scale_sweep(self, image, sizes: Sequence[int] | None = None, *, score_threshold: float = 0.5,
+                    iou_threshold: float = 0.5, progress: Callable[[int, int], None] | None = None) -> ScaleSweep:
+        """Run ``image`` with its shorter side at each of ``sizes`` (network pixels; default nine
+        sizes from half to 1.5 times the model's, 400..1200 for the COCO models) and follow each
+        object across them: :class:`~segfpn.explain.ScaleSweep`. The semantic head is left out.
+        ``progress(done, total)`` is called after each size. Works for every model."""
+        from segfpn.evaluation.by_level import level_rule
+        from segfpn.explain import default_sweep_sizes, sweep_sizes, track_objects
+
+        rgb = read_image(image)
+        sizes = sweep_sizes(sizes if sizes is not None else default_sweep_sizes(self.config.input.min_size),
+                            rgb.shape[:2])
+        found, input_sizes, seconds = [], [], []
+        height, width = rgb.shape[:2]
+        for done, size in enumerate(sizes, start=1):
+            longer = math.ceil(size * max(height, width) / min(height, width)) + 1
+            config = dataclasses.replace(self.config.input, min_size=size, max_size=max(longer, size))
+            start = time.perf_counter()
+            with torch.inference_mode():
+                result = self._predict_images([rgb], return_features=False, input_config=config, semantic=False)[0]
+            seconds.append(time.perf_counter() - start)
+            found.append(result.instances)
+            input_sizes.append(result.input_size)
+            if progress is not None:
+                progress(done, len(sizes))
+        rule = level_rule(self.config)
+        return track_objects(found, sizes=sizes, input_sizes=input_sizes, seconds=seconds,
+                             levels=range(rule.min_level, rule.max_level + 1), score_threshold=score_threshold,
+                             iou_threshold=iou_threshold)
+
+    def level_metrics(self, image_or_result, ground_truth, *, image: int | str | None = None,
+                      iou_threshold: float = 0.5, score_threshold: float = 0.5) -> LevelMetrics:
+        """Recall and precision per pyramid level of one image's detections against COCO instances
+        ``ground_truth`` (a path, a loaded dict or a COCO object) for that image (``image``: its id
+        or file name; needed when the file holds several images; for a path given as the image,
+        its file name is tried). Objects get the level their box maps to under the model's rule
+        (:func:`~segfpn.evaluation.by_level.level_rule`) at the input size of the run:
+        :class:`~segfpn.evaluation.by_level.LevelMetrics`. Works for every model."""
+        from segfpn.evaluation.by_level import image_ground_truth, level_recall_precision, level_rule
+        from segfpn.explain import Inspection
+
+        source = image_or_result
+        if isinstance(source, Inspection):
+            source = source.result
+        if not isinstance(source, Result):
+            if image is None and isinstance(source, (str, os.PathLike)):
+                image = self._ground_truth_image(ground_truth, source)
+            source = self.predict(source)
+        _, annotations = image_ground_truth(ground_truth, image=image, image_size=source.image_size)
+        return level_recall_precision(source.instances, annotations, image_size=source.image_size,
+                                      input_size=source.input_size, rule=level_rule(self.config),
+                                      iou_threshold=iou_threshold, score_threshold=score_threshold)
+
+    @staticmethod
+    def _ground_truth_image(ground_truth, path) -> int | str | None:
+        """The ground-truth image a file path names (by file name), or None to let a one-image file speak."""
+        from segfpn.evaluation.coco_ap import load_coco_gt
+
+        images = load_coco_gt(ground_truth).dataset["images"]
+        name = os.path.basename(str(path))
+        return name if len(images) > 1 or any(os.path.basename(e.get("file_name", "")) == name for e in images) else None
+
+    def _inspection(self, image_or_inspection) -> Inspection:
+        from segfpn.explain import Inspection
+
+        if isinstance(image_or_inspection, Inspection):
+            image_or_inspection.check_model(self.model)
+            return image_or_inspection
+        if isinstance(image_or_inspection, Result):
+            raise TypeError("a Result does not keep the pyramid and the proposals: pass the image, or "
+                            "model.inspect(image), whose .result is that Result")
+        return self.inspect(image_or_inspection)
+
     def to_result(self, outputs: NetworkOutputs, input_size, image_size, padded_size, *,
                   return_features: bool, index: int = 0) -> Result:
         """Image ``index`` of ``outputs`` at its original size, as numpy arrays."""
         cfg = self.config
         image_size = tuple(int(v) for v in image_size)
-        inst = postprocess_instances(outputs.instances[index], input_size, image_size, cfg.mask_head)
+        clip = cfg.retina_head.clip_output_boxes if cfg.detector == "retinanet" else cfg.box_head.clip_output_boxes
+        inst = postprocess_instances(outputs.instances[index], input_size, image_size, clip_boxes_to_image=clip,
+                                     mask=cfg.mask_head)
         things = self.categories.things
+        masks = None
+        if inst.mask_crops is not None:  # None: a box-only model (Faster R-CNN, RetinaNet)
+            masks = InstanceMasks(crops=[crop.cpu().numpy() for crop in inst.mask_crops],
+                                  regions=inst.mask_regions.cpu().numpy(), image_size=image_size)
         instances = Instances(
             boxes=inst.boxes.float().cpu().numpy().astype(np.float32),
             scores=inst.scores.float().cpu().numpy().astype(np.float32),
             labels=inst.labels.cpu().numpy().astype(np.int64),
             class_names=[c.name for c in things], category_ids=[c.id for c in things],
-            masks=InstanceMasks(crops=[crop.cpu().numpy() for crop in inst.mask_crops],
-                                regions=inst.mask_regions.cpu().numpy(), image_size=image_size),
+            masks=masks,
             levels=inst.levels.cpu().numpy().astype(np.int64),
             box_levels=inst.box_levels.cpu().numpy().astype(np.int64),
-            mask_probs=inst.mask_probs.float().cpu().numpy())
+            mask_probs=None if inst.mask_probs is None else inst.mask_probs.float().cpu().numpy())
         semantic = panoptic = None
         if outputs.semantic_logits is not None:
             labels = semantic_labels_to_image(outputs.semantic_logits[index:index + 1], input_size, image_size,

@@ -121,10 +121,13 @@ class Instances:
     category_ids: COCO category id of every class in ``class_names``.
     masks:  :class:`InstanceMasks`: N bool masks at the original image size, each kept inside
             its region (``masks[i]`` is bool [H, W], ``np.asarray(masks)`` bool [N, H, W]); a
-            bool [N, H, W] array given here is cropped.
-    levels: int64 [N], FPN level (2..5) the mask-head RoI of each detection was pooled from,
-            that is the level the final box maps to under k = floor(4 + log2(sqrt(wh) / 224)).
-    box_levels: int64 [N], FPN level the box-head RoI (the proposal) was pooled from.
+            bool [N, H, W] array given here is cropped. None for a model that predicts boxes
+            only (Faster R-CNN, RetinaNet).
+    levels: int64 [N], the pyramid level of each detection. Two-stage models: the level (2..5)
+            of the final box's RoI, k = floor(4 + log2(sqrt(wh) / 224)) (the mask head pools it).
+            RetinaNet: the level (3..7) of the anchor that produced the detection.
+    box_levels: int64 [N], two-stage models: the level the box-head RoI (the proposal) was
+            pooled from; RetinaNet: the same as ``levels``.
     mask_probs: float32 [N, M, M], the mask head's probabilities of each detection's class
             before pasting (M = 28), or None.
     """
@@ -134,13 +137,13 @@ class Instances:
     labels: np.ndarray
     class_names: list[str]
     category_ids: list[int]
-    masks: InstanceMasks
+    masks: InstanceMasks | None
     levels: np.ndarray
     box_levels: np.ndarray
     mask_probs: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.masks, InstanceMasks):
+        if self.masks is not None and not isinstance(self.masks, InstanceMasks):
             self.masks = InstanceMasks.from_array(np.asarray(self.masks))
 
     def __len__(self) -> int:
@@ -155,7 +158,7 @@ class Instances:
         """A subset of the detections (``keep``: bool mask or index array)."""
         return Instances(boxes=self.boxes[keep], scores=self.scores[keep], labels=self.labels[keep],
                          class_names=self.class_names, category_ids=self.category_ids,
-                         masks=self.masks[keep], levels=self.levels[keep],
+                         masks=None if self.masks is None else self.masks[keep], levels=self.levels[keep],
                          box_levels=self.box_levels[keep],
                          mask_probs=None if self.mask_probs is None else self.mask_probs[keep])
 

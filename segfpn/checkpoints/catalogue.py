@@ -54,7 +54,8 @@ class KnownCheckpoint:
     ``categories``: which label space the class indices refer to:
     "coco_instances_torchvision" (91 ids with "N/A" gaps, background first),
     "coco_instances" (80 contiguous thing classes), "coco_panoptic" (80 things + 53 stuff).
-    ``metrics``: as published, on COCO val2017: "box_ap", "mask_ap" and for panoptic models "pq".
+    ``metrics``: as published, on COCO val2017: "box_ap"; "mask_ap" for models with masks; "pq"
+    for panoptic models.
     ``source_url``: the page the facts were copied from.
     """
 
@@ -135,12 +136,13 @@ def _limit_from_float32_values(num_values: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# torchvision. Source: torchvision 0.29.1 `torchvision/models/detection/mask_rcnn.py`
-# (MaskRCNN_ResNet50_FPN_Weights.COCO_V1, MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1): url,
+# torchvision. Source: torchvision 0.29.1 `torchvision/models/detection/mask_rcnn.py`,
+# `faster_rcnn.py` and `retinanet.py` (the COCO_V1 entries of MaskRCNN_ResNet50_FPN_Weights,
+# FasterRCNN_ResNet50_FPN_Weights, RetinaNet_ResNet50_FPN_Weights and their _V2_ variants): url,
 # meta["_metrics"]["COCO-val2017"]["box_map"/"mask_map"], meta["_file_size"] (the size in MB
 # rendered as "File size" in the torchvision model docs, in MiB). torchvision publishes no exact
 # byte count, so size_bytes stays None; max_size_bytes is derived from "_file_size". The v2
-# weights were added in pytorch/vision PR #5773.
+# Mask R-CNN weights were added in pytorch/vision PR #5773, RetinaNet's in #5756.
 
 _TORCHVISION_DOCS = ("https://docs.pytorch.org/vision/stable/models/generated/"
                      "torchvision.models.detection.")
@@ -175,12 +177,70 @@ _TORCHVISION = (
         notes="torchvision MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1 (improved recipe, "
               "pytorch/vision#5773).",
     ),
+    KnownCheckpoint(
+        name="fasterrcnn_resnet50_fpn",
+        arch="fasterrcnn_resnet50_fpn",
+        format="torchvision",
+        url="https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth",
+        file_name="fasterrcnn_resnet50_fpn_coco-258fb6c6.pth",
+        categories="coco_instances_torchvision",
+        metrics={"box_ap": 37.0},
+        source_url=_TORCHVISION_DOCS + "fasterrcnn_resnet50_fpn.html",
+        approx_size_mb=159.743,
+        max_size_bytes=_limit_from_mib(159.743),
+        sha256_prefix="258fb6c6",
+        notes="torchvision FasterRCNN_ResNet50_FPN_Weights.COCO_V1 (boxes only).",
+    ),
+    KnownCheckpoint(
+        name="fasterrcnn_resnet50_fpn_v2",
+        arch="fasterrcnn_resnet50_fpn_v2",
+        format="torchvision",
+        url="https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
+        file_name="fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
+        categories="coco_instances_torchvision",
+        metrics={"box_ap": 46.7},
+        source_url=_TORCHVISION_DOCS + "fasterrcnn_resnet50_fpn_v2.html",
+        approx_size_mb=167.104,
+        max_size_bytes=_limit_from_mib(167.104),
+        sha256_prefix="dd69338a",
+        notes="torchvision FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1 (boxes only, improved recipe).",
+    ),
+    KnownCheckpoint(
+        name="retinanet_resnet50_fpn",
+        arch="retinanet_resnet50_fpn",
+        format="torchvision",
+        url="https://download.pytorch.org/models/retinanet_resnet50_fpn_coco-eeacb38b.pth",
+        file_name="retinanet_resnet50_fpn_coco-eeacb38b.pth",
+        categories="coco_instances_torchvision",
+        metrics={"box_ap": 36.4},
+        source_url=_TORCHVISION_DOCS + "retinanet_resnet50_fpn.html",
+        approx_size_mb=130.267,
+        max_size_bytes=_limit_from_mib(130.267),
+        sha256_prefix="eeacb38b",
+        notes="torchvision RetinaNet_ResNet50_FPN_Weights.COCO_V1 (one-stage, boxes only).",
+    ),
+    KnownCheckpoint(
+        name="retinanet_resnet50_fpn_v2",
+        arch="retinanet_resnet50_fpn_v2",
+        format="torchvision",
+        url="https://download.pytorch.org/models/retinanet_resnet50_fpn_v2_coco-5905b1c5.pth",
+        file_name="retinanet_resnet50_fpn_v2_coco-5905b1c5.pth",
+        categories="coco_instances_torchvision",
+        metrics={"box_ap": 41.5},
+        source_url=_TORCHVISION_DOCS + "retinanet_resnet50_fpn_v2.html",
+        approx_size_mb=146.037,
+        max_size_bytes=_limit_from_mib(146.037),
+        sha256_prefix="5905b1c5",
+        notes="torchvision RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1 (one-stage, boxes only, "
+              "pytorch/vision#5756).",
+    ),
 )
 
 
 # ---------------------------------------------------------------------------------------------
 # detectron2. Source: detectron2 MODEL_ZOO.md at commit 02b5c4e295e990042a714712c21dc79b731e8833
-# (copied into /work/shared/fixtures/d2_model_zoo.md): url, model id, box AP / mask AP / PQ. The six
+# (copied into /work/shared/fixtures/d2_model_zoo.md): url, model id, box AP / mask AP / PQ, for
+# COCO-PanopticSegmentation, COCO-InstanceSegmentation and (box AP only) COCO-Detection. The six
 # hex digits of model_final_<md5>.pkl are the start of the file's md5. No file sizes are published.
 # The LSJ "new_baselines" are left out on purpose: their key layout (SyncBN, 4conv1fc box head)
 # matches none of our ARCHITECTURES.
@@ -190,15 +250,19 @@ _D2_BASE = "https://dl.fbaipublicfiles.com/detectron2"
 
 # The float32 values each architecture's model-zoo pickle holds, for its download limit. R50:
 # counted from the key manifests of the real files (tests/data/d2_*_keys.json,
-# "num_values_model_zoo_pkl"; 5 cell_anchors arrays of 12 values included). R101: the R50 count
-# plus the 17 more res4 blocks, 19,044,352 values (ResNet-101 minus ResNet-50, counted on
-# segfpn's models, whose other layers match those files). tests/checkpoints/test_catalogue.py
-# checks both counts.
+# "num_values_model_zoo_pkl"; 5 cell_anchors arrays of 12 values (RetinaNet: 36) included). R101:
+# the R50 count plus the 17 more res4 blocks, 19,044,352 values (ResNet-101 minus ResNet-50,
+# counted on segfpn's models, whose other layers match those files).
+# tests/checkpoints/test_catalogue.py checks both counts.
 _D2_FLOAT32_VALUES = {
     "panoptic_fpn_R_50": 46_080_290,
     "panoptic_fpn_R_101": 46_080_290 + 19_044_352,
     "mask_rcnn_R_50_FPN": 44_449_516,
     "mask_rcnn_R_101_FPN": 44_449_516 + 19_044_352,
+    "faster_rcnn_R_50_FPN": 41_806_236,
+    "faster_rcnn_R_101_FPN": 41_806_236 + 19_044_352,
+    "retinanet_R_50_FPN": 38_021_992,
+    "retinanet_R_101_FPN": 38_021_992 + 19_044_352,
 }
 
 
@@ -241,6 +305,18 @@ _DETECTRON2 = (
     _detectron2("mask_rcnn_R_101_FPN_3x", folder="COCO-InstanceSegmentation", model_id=138205316,
                 md5_prefix="a3ec72", arch="mask_rcnn_R_101_FPN",
                 metrics={"box_ap": 42.9, "mask_ap": 38.6}),
+    _detectron2("faster_rcnn_R_50_FPN_1x", folder="COCO-Detection", model_id=137257794,
+                md5_prefix="b275ba", arch="faster_rcnn_R_50_FPN", metrics={"box_ap": 37.9}),
+    _detectron2("faster_rcnn_R_50_FPN_3x", folder="COCO-Detection", model_id=137849458,
+                md5_prefix="280758", arch="faster_rcnn_R_50_FPN", metrics={"box_ap": 40.2}),
+    _detectron2("faster_rcnn_R_101_FPN_3x", folder="COCO-Detection", model_id=137851257,
+                md5_prefix="f6e8b1", arch="faster_rcnn_R_101_FPN", metrics={"box_ap": 42.0}),
+    _detectron2("retinanet_R_50_FPN_1x", folder="COCO-Detection", model_id=190397773,
+                md5_prefix="bfca0b", arch="retinanet_R_50_FPN", metrics={"box_ap": 37.4}),
+    _detectron2("retinanet_R_50_FPN_3x", folder="COCO-Detection", model_id=190397829,
+                md5_prefix="5bd44e", arch="retinanet_R_50_FPN", metrics={"box_ap": 38.7}),
+    _detectron2("retinanet_R_101_FPN_3x", folder="COCO-Detection", model_id=190397697,
+                md5_prefix="971ab9", arch="retinanet_R_101_FPN", metrics={"box_ap": 40.4}),
 )
 
 #: Every known checkpoint by name, in display order (torchvision first, then detectron2).

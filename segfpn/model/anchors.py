@@ -37,27 +37,49 @@ def cell_anchors(size: float, aspect_ratios: tuple[float, ...], *, round_corners
     return out.round() if round_corners else out
 
 
+def level_cell_anchors(sizes: tuple[float, ...], aspect_ratios: tuple[float, ...], *, round_corners: bool,
+                       arithmetic: str = "float64", order: str = "size_major") -> torch.Tensor:
+    """[S * R, 4] cell anchors of one level with several sizes (RetinaNet's three per octave):
+    :func:`cell_anchors` of each size, numbered "size_major" (a = size * R + ratio, detectron2's
+    ``generate_cell_anchors`` loop) or "ratio_major" (a = ratio * S + size, torchvision's
+    ``generate_anchors`` outer product)."""
+    per_size = torch.stack([cell_anchors(size, aspect_ratios, round_corners=round_corners, arithmetic=arithmetic)
+                            for size in sizes])  # [S, R, 4]
+    if order == "ratio_major":
+        per_size = per_size.transpose(0, 1)
+    elif order != "size_major":
+        raise ValueError(f"unknown anchor order {order!r}; expected size_major or ratio_major")
+    return per_size.reshape(-1, 4).contiguous()
+
+
 class AnchorGenerator(nn.Module):
     """Anchors for levels of the given strides; anchor index = (y * W + x) * A + a.
 
+    ``sizes``: one entry per level, a size or a tuple of sizes (numbered by ``order``, see
+    :func:`level_cell_anchors`); every level has the same number A of anchors per position.
     ``strides_from_grid``: torchvision derives each level's stride as padded_size // grid_size,
     which for p6 of an 800 px input is 61, not 64; detectron2 uses the nominal stride.
     """
 
-    def __init__(self, *, strides: tuple[int, ...], sizes: tuple[float, ...], aspect_ratios: tuple[float, ...],
-                 round_corners: bool, arithmetic: str = "float64", offset: float = 0.0,
-                 strides_from_grid: bool = False):
+    def __init__(self, *, strides: tuple[int, ...], sizes: tuple[float | tuple[float, ...], ...],
+                 aspect_ratios: tuple[float, ...], round_corners: bool, arithmetic: str = "float64",
+                 offset: float = 0.0, strides_from_grid: bool = False, order: str = "size_major"):
         super().__init__()
         self.strides_from_grid = strides_from_grid
         if len(strides) != len(sizes):
             raise ValueError(f"need one anchor size per level: {len(strides)} levels, {len(sizes)} sizes")
         self.strides = strides
         self.offset = offset
+        counts = set()
         for i, size in enumerate(sizes):
-            self.register_buffer(f"cell_anchors_{i}", cell_anchors(size, aspect_ratios, round_corners=round_corners,
-                                                                 arithmetic=arithmetic),
-                                 persistent=False)
-        self.num_anchors = len(aspect_ratios)
+            level_sizes = tuple(size) if isinstance(size, (tuple, list)) else (size,)
+            anchors = level_cell_anchors(level_sizes, aspect_ratios, round_corners=round_corners,
+                                         arithmetic=arithmetic, order=order)
+            self.register_buffer(f"cell_anchors_{i}", anchors, persistent=False)
+            counts.add(len(anchors))
+        if len(counts) != 1:
+            raise ValueError(f"every level needs the same number of anchors per position, got {sorted(counts)}")
+        self.num_anchors = counts.pop()
 
     def forward(self, grid_sizes: list[tuple[int, int]], padded_size: tuple[int, int]) -> list[torch.Tensor]:
         """``grid_sizes``: (h, w) per level; returns per level [h * w * A, 4] xyxy in input pixels."""

@@ -1,4 +1,5 @@
-"""The whole network, one line per stage: backbone -> FPN -> RPN -> RoI heads, + semantic head."""
+"""The two-stage network, one line per stage: backbone -> FPN -> RPN -> RoI heads, + semantic head
+(Faster R-CNN, Mask R-CNN, Panoptic FPN). RetinaNet, the one-stage one, is in :mod:`retinanet`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import nn
 
 from segfpn.config import ModelConfig, PoolerConfig
 from segfpn.model.backbone import ResNet
-from segfpn.model.fpn import FPN, PYRAMID_STRIDES
+from segfpn.model.fpn import FPN
 from segfpn.model.losses import Targets, semantic_loss
 from segfpn.model.preprocess import ImageBatch
 from segfpn.model.roi_heads import InstanceOutputs, RoIHeads
@@ -23,7 +24,8 @@ class NetworkOutputs:
     """What one forward pass produces, all in network-input pixels.
 
     bottom_up: {"c2".."c5"} [B, C, h, w] (empty when not kept); pyramid: {"p2".."p6"}
-    [B, D, h, w]; proposals / instances: one per image; semantic_logits: [B, S, Hp / stride,
+    (RetinaNet: {"p3".."p7"}) [B, D, h, w]; proposals / instances: one per image (RetinaNet:
+    no proposals, an empty list); semantic_logits: [B, S, Hp / stride,
     Wp / stride], the semantic head's logits before its last upsampling (``semantic_stride``
     times, :func:`~segfpn.model.semantic_head.upsample_logits`), or None.
     """
@@ -37,7 +39,8 @@ class NetworkOutputs:
 
 
 class SegFPN(nn.Module):
-    """Mask R-CNN on an FPN, plus the Panoptic FPN semantic branch when ``config.semantic_head`` is set.
+    """Mask R-CNN on an FPN (Faster R-CNN when ``config.mask_head`` is None), plus the Panoptic
+    FPN semantic branch when ``config.semantic_head`` is set.
 
     The stages can be run one by one, which is what :meth:`forward` does:
     :meth:`features` (backbone and FPN) -> :meth:`propose` (RPN) -> :meth:`detect` (RoI heads),
@@ -47,12 +50,15 @@ class SegFPN(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        if config.detector != "rcnn":
+            raise ValueError(f"SegFPN builds two-stage (rcnn) models, this config is a {config.detector}; "
+                             "use segfpn.model.build.build_model")
         self.config = config
         self.backbone = ResNet(config.backbone)
         self.fpn = FPN(self.backbone.out_channels, config.fpn)
         channels = self.fpn.out_channels
-        self.rpn = RPN(in_channels=channels, level_names=tuple(PYRAMID_STRIDES),
-                       strides=tuple(PYRAMID_STRIDES.values()), config=config.rpn)
+        self.rpn = RPN(in_channels=channels, level_names=tuple(self.fpn.strides),
+                       strides=tuple(self.fpn.strides.values()), config=config.rpn)
         self.roi_heads = RoIHeads(channels, config)
         self.semantic_head = SemanticHead(channels, config.semantic_head) if config.semantic_head else None
 
@@ -82,7 +88,7 @@ class SegFPN(nn.Module):
         """Every stage in turn. ``keep_bottom_up=False`` drops c2-c5 once the FPN has them
         (~80 MB less at the heads' peak at 800x800). ``timings``: seconds per stage are added
         to it ("backbone_fpn", "heads", "semantic_head"; CUDA is synchronised for them)."""
-        clock = _StageClock(timings, images.tensor.device)
+        clock = StageClock(timings, images.tensor.device)
         bottom_up, pyramid = self.features(images)
         if not keep_bottom_up:
             bottom_up = {}
@@ -111,7 +117,7 @@ class SegFPN(nn.Module):
         return losses
 
 
-class _StageClock:
+class StageClock:
     """Seconds between laps, into ``timings`` (nothing when it is None)."""
 
     def __init__(self, timings: dict[str, float] | None, device: torch.device):

@@ -20,14 +20,14 @@ class ImageInstances:
     ``mask_crops`` (bool [y1 - y0, x1 - x0] each) inside ``mask_regions`` int64 [N, 4]
     (y0, y1, x0, x1), half-open, every pixel outside them False (see
     :func:`~segfpn.model.mask_head.paste_mask_crops`); mask_probs float32 [N, M, M] before
-    pasting; the rest as in :class:`InstanceOutputs`."""
+    pasting; the three None for a model without masks; the rest as in :class:`InstanceOutputs`."""
 
     boxes: torch.Tensor
     scores: torch.Tensor
     labels: torch.Tensor
-    mask_crops: list[torch.Tensor] = field(repr=False)
-    mask_regions: torch.Tensor = field(repr=False)
-    mask_probs: torch.Tensor = field(repr=False)
+    mask_crops: list[torch.Tensor] | None = field(repr=False)
+    mask_regions: torch.Tensor | None = field(repr=False)
+    mask_probs: torch.Tensor | None = field(repr=False)
     levels: torch.Tensor
     box_levels: torch.Tensor
 
@@ -40,19 +40,25 @@ def rescale_boxes(boxes: torch.Tensor, input_size: tuple[int, int], output_size:
     return boxes * scale
 
 
-def postprocess_instances(outputs: InstanceOutputs, input_size: tuple[int, int], output_size: tuple[int, int],
-                          config: MaskHeadConfig) -> ImageInstances:
+def postprocess_instances(outputs: InstanceOutputs, input_size: tuple[int, int], output_size: tuple[int, int], *,
+                          clip_boxes_to_image: bool, mask: MaskHeadConfig | None) -> ImageInstances:
+    """One image's detections from network-input pixels (``input_size``, h x w) to the original
+    image (``output_size``, H x W): boxes rescaled, with ``clip_boxes_to_image`` clipped to it and
+    the empty ones dropped (detectron2's ``detector_postprocess``), masks pasted by ``mask``'s
+    method (None: a model without masks)."""
     boxes = rescale_boxes(outputs.boxes, input_size, output_size)
     keep = None
-    if config.clip_output_boxes:
+    if clip_boxes_to_image:
         boxes = clip_boxes(boxes, output_size)
         keep = nonempty(boxes, 0.0)
     fields = dict(boxes=boxes, scores=outputs.scores, labels=outputs.labels, mask_probs=outputs.mask_probs,
                   levels=outputs.levels, box_levels=outputs.box_levels)
     if keep is not None:
-        fields = {k: v[keep] for k, v in fields.items()}
+        fields = {k: v if v is None else v[keep] for k, v in fields.items()}
+    if mask is None or fields["mask_probs"] is None:
+        return ImageInstances(mask_crops=None, mask_regions=None, **{**fields, "mask_probs": None})
     crops, regions = paste_mask_crops(fields["mask_probs"], fields["boxes"], output_size,
-                                      method=config.paste_method, threshold=config.mask_threshold)
+                                      method=mask.paste_method, threshold=mask.mask_threshold)
     return ImageInstances(mask_crops=crops, mask_regions=regions, **fields)
 
 

@@ -1,4 +1,6 @@
-"""The instance view: detections drawn as coloured masks, outlines, boxes and "name 0.93" labels."""
+"""The instance view: detections drawn as coloured masks, outlines, boxes and "name 0.93" labels;
+for a box-only model (Faster R-CNN, RetinaNet: ``instances.masks`` is None) each box is filled
+instead of a mask."""
 
 from __future__ import annotations
 
@@ -32,6 +34,16 @@ def visible_indices(instances: Instances, *, score_threshold: float = 0.5,
     return np.flatnonzero(keep).astype(np.int64)
 
 
+def box_region(box: np.ndarray, image_size: tuple[int, int]) -> tuple[slice, slice] | None:
+    """(rows, cols) of the whole pixels an xyxy box covers (corners rounded), clipped to an image
+    of ``image_size`` (H, W); None when nothing is left."""
+    h, w = image_size
+    x0, y0, x1, y1 = np.round(np.asarray(box, dtype=np.float64)).astype(np.int64)
+    x0, x1 = min(max(int(x0), 0), w), min(max(int(x1), 0), w)
+    y0, y1 = min(max(int(y0), 0), h), min(max(int(y1), 0), h)
+    return (slice(y0, y1), slice(x0, x1)) if y1 > y0 and x1 > x0 else None
+
+
 def instance_label(instances: Instances, index: int, *, show_score: bool = True) -> str:
     """The label text of detection ``index``: "person 0.93" (or "person")."""
     name = instances.class_names[int(instances.labels[index])]
@@ -46,7 +58,9 @@ def draw_instances(image_rgb: np.ndarray, instances: Instances, *, score_thresho
                    highlight: int | None = None, font_scale: float | None = None) -> np.ndarray:
     """Draw detections over an image.
 
-    image_rgb: uint8 [H, W, 3]; ``instances.masks`` must be masks of an image of the same size.
+    image_rgb: uint8 [H, W, 3]; ``instances.masks`` must be masks of an image of the same size,
+    or None (a box-only model), and then each detection's box is filled where its mask would
+    be (``show_masks``, ``alpha``) and outlined (``show_contours``).
     Returns a new uint8 [H, W, 3] image; the input is not modified.
 
     Detections with ``score < score_threshold`` or a class not in ``classes`` are left out.
@@ -62,7 +76,8 @@ def draw_instances(image_rgb: np.ndarray, instances: Instances, *, score_thresho
     alpha = check_alpha(alpha)
     h, w = image.shape[:2]
     n = len(instances)
-    if show_masks and n:
+    has_masks = instances.masks is not None
+    if show_masks and n and has_masks:
         check_masks(instances.masks, (h, w))
     if highlight is not None and not 0 <= int(highlight) < n:
         raise ValueError(f"highlight={highlight} is not a detection index (0..{n - 1})")
@@ -78,7 +93,19 @@ def draw_instances(image_rgb: np.ndarray, instances: Instances, *, score_thresho
 
     def draw(indices: np.ndarray, *, emphasis: bool) -> None:
         width = thickness * 2 if emphasis else thickness
-        if show_masks:
+        if show_masks and not has_masks:
+            for i in indices:
+                bounds = box_region(instances.boxes[i], (h, w))
+                if bounds is None:
+                    continue
+                color = tuple(int(v) for v in palette[i])
+                region = out[bounds]
+                whole = np.ones(region.shape[:2], dtype=bool)
+                fill_mask_(region, whole, color, alpha, source=image[bounds] if emphasis else None,
+                           bounds=(slice(None), slice(None)))
+                if show_contours:
+                    draw_box_(out, instances.boxes[i], color, width)
+        elif show_masks:
             for i in indices:
                 # Each mask drawn within its region only: no full frame per mask.
                 bounds = instances.masks.bounds(i)
@@ -102,12 +129,13 @@ def draw_instances(image_rgb: np.ndarray, instances: Instances, *, score_thresho
     draw(order, emphasis=False)
     if highlight is not None:
         i = int(highlight)
-        if show_masks:
+        if show_masks and has_masks:
             keep = instances.masks[i]
         else:
             keep = np.zeros((h, w), dtype=bool)
-            x0, y0, x1, y1 = np.round(instances.boxes[i]).astype(int)
-            keep[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
+            bounds = box_region(instances.boxes[i], (h, w))
+            if bounds is not None:
+                keep[bounds] = True
             out[keep] = image[keep]
         dim_(out, keep)
         draw(np.array([i]), emphasis=True)

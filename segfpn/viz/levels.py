@@ -1,4 +1,5 @@
-"""Which pyramid level each RoI was pooled from: the rule, counts, and a drawing of it."""
+"""Which pyramid level each detection came from: the RoI a two-stage model pooled (the rule
+k = floor(4 + log2(sqrt(wh) / 224))), or the anchor level of a RetinaNet; counts, and a drawing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from segfpn.structures import Instances
 from segfpn.viz.colors import RGB
-from segfpn.viz.instances import visible_indices
+from segfpn.viz.instances import box_region, visible_indices
 from segfpn.viz.primitives import (as_rgb_image, check_alpha, check_masks, draw_box_,
                                    draw_label_, fill_mask_, label_rect_for_box, line_thickness,
                                    text_style)
@@ -18,17 +19,31 @@ from segfpn.viz.primitives import (as_rgb_image, check_alpha, check_masks, draw_
 #: p3 bluish green, p4 orange, p5 reddish purple.
 LEVEL_COLORS: dict[int, RGB] = {2: (86, 180, 233), 3: (0, 158, 115), 4: (230, 159, 0),
                                 5: (204, 121, 167)}
-#: Colour of a level outside 2..5 (should not happen with the standard rule).
+#: Every pyramid level's colour: the RoI levels', and RetinaNet's p6 blue and p7 vermillion.
+PYRAMID_LEVEL_COLORS: dict[int, RGB] = {**LEVEL_COLORS, 6: (0, 114, 178), 7: (213, 94, 0)}
+#: Colour of a level outside 2..7 (should not happen with the standard rules).
 OTHER_LEVEL_COLOR: RGB = (200, 200, 200)
+#: The levels a RetinaNet's detections come from (its pyramid p3-p7).
+RETINANET_LEVELS = (3, 7)
 
 _LEVEL_RULE = ("Each RoI of w×h pixels (in the resized input) is pooled from level "
                "k = ⌊4 + log2(√(wh)/224)⌋, clamped to 2…5: "
                "small boxes read the fine p2 map, large boxes the coarse p5.")
 
 
+_ANCHOR_LEVEL_RULE = ("RetinaNet has no RoIs: every level p3…p7 predicts a score per class and a box for 9 "
+                      "anchors at each of its cells, of sizes 4·2^k × (1, 2^⅓, 2^⅔) on level k "
+                      "(32–50 px on p3, 512–812 px on p7), and each detection keeps the level of its anchor.")
+
+
 def level_rule_text() -> str:
     """One line explaining how an RoI's pyramid level is chosen."""
     return _LEVEL_RULE
+
+
+def anchor_level_rule_text() -> str:
+    """One line explaining where a RetinaNet detection's level comes from."""
+    return _ANCHOR_LEVEL_RULE
 
 
 def level_for_box(w, h, *, canonical_size: float = 224.0, canonical_level: int = 4,
@@ -55,7 +70,7 @@ def level_counts(levels, *, min_level: int = 2, max_level: int = 5) -> dict[int,
 
 
 def level_color(level: int, colors: Mapping[int, RGB] | None = None) -> RGB:
-    table = LEVEL_COLORS if colors is None else colors
+    table = PYRAMID_LEVEL_COLORS if colors is None else colors
     return tuple(int(v) for v in table.get(int(level), OTHER_LEVEL_COLOR))
 
 
@@ -115,14 +130,18 @@ def draw_levels(image_rgb: np.ndarray, instances: Instances, *, score_threshold:
                 classes: Iterable[str] | None = None, source: str = "mask",
                 colors: Mapping[int, RGB] | None = None, mask_alpha: float = 0.0,
                 show_labels: bool = True, show_legend: bool = True,
-                font_scale: float | None = None) -> np.ndarray:
+                font_scale: float | None = None, title: str | None = None,
+                level_range: tuple[int, int] = (2, 5)) -> np.ndarray:
     """Draw every kept detection's box in the colour of the FPN level its RoI was pooled from.
 
     image_rgb: uint8 [H, W, 3]. source: "mask" uses ``instances.levels`` (the mask head's RoI,
-    from the final box), "box" uses ``instances.box_levels`` (the box head's RoI, from the
-    proposal). colors: level -> RGB (default :data:`LEVEL_COLORS`). mask_alpha > 0 also fills
-    each mask in its level colour. Each box is tagged "p3" etc.; a legend in the image corner
-    that hides the fewest boxes gives the number of drawn detections per level.
+    from the final box; a RetinaNet's anchor level), "box" uses ``instances.box_levels`` (the
+    box head's RoI, from the proposal). colors: level -> RGB (default :data:`PYRAMID_LEVEL_COLORS`).
+    mask_alpha > 0 also fills each mask (each box, when ``instances.masks`` is None) in its
+    level colour. Each box is tagged "p3" etc.; a legend in the image corner that hides the
+    fewest boxes gives the number of drawn detections per level of ``level_range`` (and any
+    other level present) under ``title`` (default: "RoI level (mask head)" / "(box head)";
+    use :data:`RETINANET_LEVELS` and e.g. "Anchor level" for a RetinaNet).
     Returns a new uint8 [H, W, 3].
     """
     image = as_rgb_image(image_rgb)
@@ -136,7 +155,14 @@ def draw_levels(image_rgb: np.ndarray, instances: Instances, *, score_threshold:
     style = text_style((h, w), font_scale=font_scale)
     thickness = line_thickness((h, w)) + 1
     out = image.copy()
-    if mask_alpha > 0 and len(order):
+    if mask_alpha > 0 and len(order) and instances.masks is None:
+        for i in order:
+            bounds = box_region(instances.boxes[i], (h, w))
+            if bounds is not None:
+                region = out[bounds]
+                fill_mask_(region, np.ones(region.shape[:2], dtype=bool), level_color(levels[i], colors), mask_alpha,
+                           bounds=(slice(None), slice(None)))
+    elif mask_alpha > 0 and len(order):
         check_masks(instances.masks, (h, w))
         for i in order:
             bounds = instances.masks.bounds(i)
@@ -150,7 +176,8 @@ def draw_levels(image_rgb: np.ndarray, instances: Instances, *, score_threshold:
             rect = label_rect_for_box(instances.boxes[i], style.label_size(text), (h, w))
             draw_label_(out, text, rect, background=level_color(levels[i], colors), style=style)
     if show_legend:
-        title = "RoI level (mask head)" if source == "mask" else "RoI level (box head)"
-        _draw_legend_(out, level_counts(levels[order]), colors, title=title,
-                      boxes=instances.boxes[order], font_scale=font_scale)
+        if title is None:
+            title = "RoI level (mask head)" if source == "mask" else "RoI level (box head)"
+        counts = level_counts(levels[order], min_level=level_range[0], max_level=level_range[1])
+        _draw_legend_(out, counts, colors, title=title, boxes=instances.boxes[order], font_scale=font_scale)
     return out

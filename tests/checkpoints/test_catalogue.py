@@ -51,7 +51,7 @@ def test_entry_is_consistent(entry: KnownCheckpoint):
         assert entry.hash_algorithm == "sha256"
         assert re.fullmatch(r"[0-9a-f]{8}", entry.sha256_prefix)
         assert entry.file_name.endswith(f"-{entry.sha256_prefix}.pth")
-        assert entry.arch.startswith("maskrcnn_")
+        assert entry.arch.startswith(("maskrcnn_", "fasterrcnn_", "retinanet_resnet50"))
         assert entry.categories == "coco_instances_torchvision"
     else:
         assert entry.format == "detectron2"
@@ -59,11 +59,16 @@ def test_entry_is_consistent(entry: KnownCheckpoint):
         assert re.fullmatch(r"[0-9a-f]{6}", entry.md5_prefix)
         assert entry.file_name == f"model_final_{entry.md5_prefix}.pkl"
         assert f"/{entry.name}/" in entry.url  # the config folder in the zoo URL
-        assert entry.arch.startswith(("mask_rcnn_", "panoptic_fpn_"))
+        assert entry.arch.startswith(("mask_rcnn_", "panoptic_fpn_", "faster_rcnn_", "retinanet_R_"))
+        folder = {"panoptic": "COCO-PanopticSegmentation", "mask": "COCO-InstanceSegmentation"}.get(
+            entry.arch.split("_")[0], "COCO-Detection")
+        assert f"/detectron2/{folder}/" in entry.url
         assert entry.categories == ("coco_panoptic" if entry.arch.startswith("panoptic_fpn_")
                                     else "coco_instances")
 
-    assert {"box_ap", "mask_ap"} <= set(entry.metrics)
+    # Box AP for every model, mask AP for those with masks, PQ for the panoptic ones.
+    assert "box_ap" in entry.metrics
+    assert ("mask_ap" in entry.metrics) == ARCHITECTURES[entry.arch]().has_masks
     assert ("pq" in entry.metrics) == entry.is_panoptic
     for value in entry.metrics.values():
         assert isinstance(value, float) and 0 < value < 100
@@ -75,8 +80,9 @@ def test_names_and_file_names_are_unique():
     assert all(name == c.name for name, c in CHECKPOINTS.items())
 
 
-# (url, hash prefix, box AP, mask AP, PQ) as published: torchvision 0.29.1 mask_rcnn.py weights
-# enums, detectron2 MODEL_ZOO.md (commit 02b5c4e). Pinned so a typo in the catalogue fails here.
+# (url, hash prefix, box AP, mask AP, PQ) as published: torchvision 0.29.1 mask_rcnn.py,
+# faster_rcnn.py and retinanet.py weights enums, detectron2 MODEL_ZOO.md (commit 02b5c4e). Pinned so a
+# typo in the catalogue fails here.
 PUBLISHED = {
     "maskrcnn_resnet50_fpn": (
         "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
@@ -102,6 +108,34 @@ PUBLISHED = {
     "mask_rcnn_R_101_FPN_3x": (
         "https://dl.fbaipublicfiles.com/detectron2/COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x/"
         "138205316/model_final_a3ec72.pkl", "a3ec72", 42.9, 38.6, None),
+    "fasterrcnn_resnet50_fpn": (
+        "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth", "258fb6c6", 37.0, None, None),
+    "fasterrcnn_resnet50_fpn_v2": (
+        "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth", "dd69338a", 46.7, None,
+        None),
+    "retinanet_resnet50_fpn": (
+        "https://download.pytorch.org/models/retinanet_resnet50_fpn_coco-eeacb38b.pth", "eeacb38b", 36.4, None, None),
+    "retinanet_resnet50_fpn_v2": (
+        "https://download.pytorch.org/models/retinanet_resnet50_fpn_v2_coco-5905b1c5.pth", "5905b1c5", 41.5, None,
+        None),
+    "faster_rcnn_R_50_FPN_1x": (
+        "https://dl.fbaipublicfiles.com/detectron2/COCO-Detection/faster_rcnn_R_50_FPN_1x/137257794/"
+        "model_final_b275ba.pkl", "b275ba", 37.9, None, None),
+    "faster_rcnn_R_50_FPN_3x": (
+        "https://dl.fbaipublicfiles.com/detectron2/COCO-Detection/faster_rcnn_R_50_FPN_3x/137849458/"
+        "model_final_280758.pkl", "280758", 40.2, None, None),
+    "faster_rcnn_R_101_FPN_3x": (
+        "https://dl.fbaipublicfiles.com/detectron2/COCO-Detection/faster_rcnn_R_101_FPN_3x/137851257/"
+        "model_final_f6e8b1.pkl", "f6e8b1", 42.0, None, None),
+    "retinanet_R_50_FPN_1x": (
+        "https://dl.fbaipublicfiles.com/detectron2/COCO-Detection/retinanet_R_50_FPN_1x/190397773/"
+        "model_final_bfca0b.pkl", "bfca0b", 37.4, None, None),
+    "retinanet_R_50_FPN_3x": (
+        "https://dl.fbaipublicfiles.com/detectron2/COCO-Detection/retinanet_R_50_FPN_3x/190397829/"
+        "model_final_5bd44e.pkl", "5bd44e", 38.7, None, None),
+    "retinanet_R_101_FPN_3x": (
+        "https://dl.fbaipublicfiles.com/detectron2/COCO-Detection/retinanet_R_101_FPN_3x/190397697/"
+        "model_final_971ab9.pkl", "971ab9", 40.4, None, None),
 }
 
 
@@ -116,16 +150,20 @@ def test_published_facts():
     # Sizes are published only roughly (torchvision's "_file_size" in MB); never as bytes here.
     assert CHECKPOINTS["maskrcnn_resnet50_fpn"].approx_size_mb == 169.84
     assert CHECKPOINTS["maskrcnn_resnet50_fpn_v2"].approx_size_mb == 177.219
+    assert CHECKPOINTS["fasterrcnn_resnet50_fpn"].approx_size_mb == 159.743
+    assert CHECKPOINTS["fasterrcnn_resnet50_fpn_v2"].approx_size_mb == 167.104
+    assert CHECKPOINTS["retinanet_resnet50_fpn"].approx_size_mb == 130.267
+    assert CHECKPOINTS["retinanet_resnet50_fpn_v2"].approx_size_mb == 146.037
 
 
 def _float32_values(arch: str) -> int:
     """Values in segfpn's model of ``arch`` (built on the meta device: no memory, no time)."""
     import torch
 
-    from segfpn.model.detector import SegFPN
+    from segfpn.model.build import build_model
 
     with torch.device("meta"):
-        model = SegFPN(ARCHITECTURES[arch]())
+        model = build_model(ARCHITECTURES[arch]())
     return sum(v.numel() for v in model.state_dict().values())
 
 
@@ -135,20 +173,21 @@ def test_every_entry_has_a_download_limit_derived_from_published_facts():
     for R50, R50 + the extra res4 blocks for R101), at least their bytes plus room for the pickle
     framing, at most 2% + 2 MiB above them."""
     import torch
-    from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
+    from torchvision.models import detection
 
     manifests = {"panoptic_fpn_R_50": "d2_panoptic_fpn_R_50_keys.json",
-                 "mask_rcnn_R_50_FPN": "d2_mask_rcnn_R_50_FPN_keys.json"}
-    builders = {"maskrcnn_resnet50_fpn": maskrcnn_resnet50_fpn,
-                "maskrcnn_resnet50_fpn_v2": maskrcnn_resnet50_fpn_v2}
-    cell_anchor_values = 5 * 3 * 4  # in the zoo files, not in segfpn's model
+                 "mask_rcnn_R_50_FPN": "d2_mask_rcnn_R_50_FPN_keys.json",
+                 "faster_rcnn_R_50_FPN": "d2_faster_rcnn_R_50_FPN_keys.json",
+                 "retinanet_R_50_FPN": "d2_retinanet_R_50_FPN_keys.json"}
     for entry in ENTRIES:
         assert entry.max_size_bytes is not None, entry.name
         limit = entry.size_limit_bytes
         assert limit == entry.max_size_bytes and entry.size_bytes is None
+        # In the zoo files, not in segfpn's model: 5 levels of 3 (RetinaNet: 9) cell anchors.
+        cell_anchor_values = 5 * (9 if entry.arch.startswith("retinanet") else 3) * 4
         if entry.format == "torchvision":
             with torch.device("meta"):
-                model = builders[entry.arch](weights=None, weights_backbone=None)
+                model = getattr(detection, entry.arch)(weights=None, weights_backbone=None)
             tensor_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
             published = entry.approx_size_mb * 2**20
             assert tensor_bytes < published < limit <= published * 1.02, entry.name

@@ -11,17 +11,12 @@ on both sides (segfpn.evaluation.agreement).
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import segfpn
 from segfpn.evaluation.agreement import MASK_THRESHOLD, compare_detections
 from segfpn.reference import build_torchvision_maskrcnn
 
-from testdata import EXAMPLES
-
 ALL_DETECTIONS = {"box_head": {"score_threshold": 0.0}}
-PHOTOS = ["cyclists_33823288584.jpg", "dogs_people_16004479832.jpg", "street_wide_17790319373.jpg",
-          "truck_1800x1200.jpg", "voc2007_000001_portrait.jpg", "astronaut.png", "coffee.png", "chelsea_cat.png"]
 #: (width, height): the sizes photos come in (COCO's commonest among them), a panorama and a tall
 #: strip, then three seeded random sizes.
 SIZES = [(640, 427), (427, 640), (640, 480), (500, 375), (333, 500), (1024, 683), (1333, 800), (2000, 1500),
@@ -29,14 +24,8 @@ SIZES = [(640, 427), (427, 640), (640, 480), (500, 375), (333, 500), (1024, 683)
 SIZES += [tuple(int(v) for v in np.random.default_rng(2026 + i).integers(150, 2400, size=2)) for i in range(3)]
 
 
-def photo(index: int, size: tuple[int, int]) -> np.ndarray:
-    """Photo ``index`` (cycling through PHOTOS) resized to ``size`` (width, height), RGB uint8."""
-    with Image.open(EXAMPLES / PHOTOS[index % len(PHOTOS)]) as image:
-        return np.asarray(image.convert("RGB").resize(size, Image.BILINEAR)).copy()
-
-
 @pytest.fixture(scope="module", params=[1, 2], ids=["v1", "v2"])
-def pair(request, tmp_path_factory):
+def pair(request, tmp_path_factory, photo):
     calibration = [photo(0, (640, 427)), photo(4, (333, 500))]
     reference = build_torchvision_maskrcnn(request.param, seed=request.param, calibration_images=calibration)
     path = tmp_path_factory.mktemp("tv") / f"maskrcnn_v{request.param}.pth"
@@ -54,7 +43,7 @@ def test_architecture_recognised_and_every_tensor_loaded(pair):
 
 
 @pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
-def test_same_detections_as_torchvision(pair, size, parity_figures):
+def test_same_detections_as_torchvision(pair, size, parity_figures, photo):
     version, reference, ours = pair
     image = photo(SIZES.index(size), size)
     with torch.no_grad():
