@@ -39,6 +39,7 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import pandas as pd
 from gradio import processing_utils
 from gradio.components.annotated_image import AnnotatedImageData, Annotation
 from gradio.data_classes import FileData
@@ -67,6 +68,7 @@ EXAMPLE_ORDER = ("cyclists_33823288584.jpg", "dogs_people_16004479832.jpg", "str
 #: The examples of the bundled model's world: synthetic shapes (their ground truth in
 #: examples/images/synthetic_shapes.instances.json).
 SYNTHETIC_EXAMPLES = "synthetic_shapes_*.png"
+SYNTHETIC_GROUND_TRUTH = EXAMPLES_DIR / "synthetic_shapes.instances.json"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
@@ -91,6 +93,9 @@ STATUS_REFRESH_S = 3.0
 MAX_VIDEO_FRAMES = 900
 #: Seconds between webcam frames sent to the model (frames arriving while it runs are dropped).
 WEBCAM_EVERY_S = 0.25
+#: Views larger than this many pixels go to the browser as JPEGs of this quality.
+JPEG_VIEW_PIXELS = 512 * 512
+VIEW_JPEG_QUALITY = 92
 #: Height of the result views in CSS px: portrait photos fit on a screen.
 VIEW_HEIGHT = 560
 
@@ -149,13 +154,15 @@ with _without_pyi_stub():
 
     class ViewImage(gr.Image):
         """``gr.Image`` for the views: an array value goes to Gradio's cache whole
-        (:func:`_png_to_gradio_cache`), never rewritten in place while it is being served."""
+        (:func:`_image_to_gradio_cache`), never rewritten in place while it is being served; a
+        large one as a JPEG (quality :data:`VIEW_JPEG_QUALITY`: 15 ms for 1800x1200 where a PNG
+        takes 150-300 ms; the views are for looking, the downloads are the exact PNGs)."""
 
         is_template = True  # rendered by the frontend as a plain gr.Image
 
         def postprocess(self, value):
             if isinstance(value, np.ndarray):
-                value = _png_to_gradio_cache(value)
+                value = _image_to_gradio_cache(value, jpeg=value.shape[0] * value.shape[1] > JPEG_VIEW_PIXELS)
             return super().postprocess(value)
 
 
@@ -172,7 +179,7 @@ with _without_pyi_stub():
             if value is None:
                 return None
             base, annotations = value
-            base_path = _png_to_gradio_cache(base)
+            base_path = _image_to_gradio_cache(base)
             colors = self.color_map or {}
             alpha = round(255 * self.MASK_OPACITY)
             sections = []
@@ -182,7 +189,7 @@ with _without_pyi_stub():
                 image = Image.fromarray(mask.astype(np.uint8), mode="L").convert("P")
                 image.putpalette([0, 0, 0, *(int(rgb[i:i + 2], 16) for i in (0, 2, 4))])
                 image.info["transparency"] = bytes([0, alpha])
-                path = _png_to_gradio_cache(image, name="mask")
+                path = _image_to_gradio_cache(image, name="mask")
                 sections.append(Annotation(image=FileData(path=str(path)), label=label))
             return AnnotatedImageData(image=FileData(path=str(base_path)), annotations=sections)
 
@@ -272,8 +279,7 @@ class Events:
             run.timings["drawing"] = time.perf_counter() - start
             self.runs.discard(previous)
             key = self.runs.put(run)
-        # The view shows the overlay download itself: one PNG, encoded once.
-        return (key, paths[0], *paths, views.run_summary(run, views_drawn=False))
+        return (key, overlay, *paths, views.run_summary(run, views_drawn=False))
 
     def model_status(self):
         """The model status (what is loaded, or downloading), and the timer that refreshes it
@@ -295,7 +301,7 @@ class Events:
         """After Segment: every other tab, drawn from the run."""
         run = self.run_of(key)
         if run is None:
-            return [gr.skip()] * 13
+            return [gr.skip()] * 14
         with user_errors("Drawing"):
             start = time.perf_counter()
             semantic = views.draw_semantic_view(run)
@@ -304,11 +310,12 @@ class Events:
             rows = views.segment_rows(run)
             activation, info, channel = views.activation_view(run, level, mode, channel)
             levels, levels_text = views.levels_view(run, score_threshold=score, source=roi_source)
+            detections = views.detection_rows(run, score_threshold=score)
             summary = views.instance_summary(run, score_threshold=score, classes=None)
             run.timings["drawing"] = run.timings.get("drawing", 0.0) + time.perf_counter() - start
         return (gr.Dropdown(choices=views.class_choices(run), value=[]), summary, semantic, legend,
                 panoptic, rows, "", activation, info, self._channel_slider(run, level, channel),
-                levels, levels_text, views.run_summary(run))
+                levels, levels_text, detections, views.run_summary(run))
 
     def caption(self, key, score):
         """The Instances view's caption for the new run, at once (the other views take longer)."""
@@ -319,15 +326,24 @@ class Events:
         """The instance overlay again, with new display settings (the model does not run)."""
         run = self.run_of(key)
         if run is None:
-            return gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip()
         with user_errors("Drawing"):
-            overlay = views.draw_instance_view(run, score_threshold=score, alpha=opacity,
-                                                   classes=classes, show_boxes=show_boxes,
-                                                   show_labels=show_labels)
-            with files.request_dir() as folder:
-                path = _to_gradio_cache(files.write_overlay(run, overlay, folder))
+            overlay = views.draw_instance_view(run, score_threshold=score, alpha=opacity, classes=classes,
+                                               show_boxes=show_boxes, show_labels=show_labels)
             summary = views.instance_summary(run, score_threshold=score, classes=classes)
-        return path, path, summary  # the view shows the download itself
+        return overlay, summary
+
+    def overlay_download(self, key, score, opacity, classes, show_boxes, show_labels):
+        """The overlay PNG of the Downloads tab, for the Instances view's settings: drawn beside
+        the view's own redraw (a PNG takes longer than the view's JPEG; the view does not wait)."""
+        run = self.run_of(key)
+        if run is None:
+            return gr.skip()
+        with user_errors("Drawing"):
+            overlay = views.draw_instance_view(run, score_threshold=score, alpha=opacity, classes=classes,
+                                               show_boxes=show_boxes, show_labels=show_labels)
+            with files.request_dir() as folder:
+                return _to_gradio_cache(files.write_overlay(run, overlay, folder))
 
     def inspect(self, key, level, mode, channel):
         """One pyramid level of the last run, summarised by ``mode``, over the image."""
@@ -339,13 +355,107 @@ class Events:
         return activation, info, self._channel_slider(run, level, channel)
 
     def roi_levels(self, key, score, classes, roi_source):
-        """The detections' boxes coloured by the pyramid level their RoI was pooled from."""
+        """The detections' boxes coloured by the pyramid level their RoI was pooled from, and the
+        detection table beside them."""
+        run = self.run_of(key)
+        if run is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        with user_errors("Drawing"):
+            drawing, text = views.levels_view(run, score_threshold=score, classes=classes, source=roi_source)
+            return drawing, text, views.detection_rows(run, score_threshold=score, classes=classes)
+
+    def pick_from_table(self, key, grid_mode, evt: gr.SelectData):
+        """A row of the detection table selected: that detection, level by level."""
+        row = evt.row_value
+        return self.explain(key, int(row[0]) if row else None, grid_mode)
+
+    def pick_from_image(self, key, score, classes, grid_mode, evt: gr.SelectData):
+        """A click on the levels view: the detection under it, level by level."""
+        run = self.run_of(key)
+        if run is None:
+            return [gr.skip()] * 6
+        x, y = evt.index
+        index = views.detection_at(run, x, y, score_threshold=score, classes=classes)
+        if index is None:
+            gr.Info("No detection there: click inside a box.")
+            return [gr.skip()] * 6
+        return self.explain(key, index, grid_mode)
+
+    def explain(self, key, index, grid_mode):
+        """Detection ``index`` of the session's run, level by level: the rule, the RoIAlign grids
+        of its levels and the neighbours, its activation on every level, its 28x28 mask."""
+        run = self.run_of(key)
+        if run is None or index is None:
+            return [gr.skip()] * 6
+        if run.inspection is None:
+            raise gr.Error("This model has no RoIs to explain: each detection comes from an anchor of one "
+                           "level (the levels view shows which).", title="Nothing to explain", print_exception=False)
+        index = int(index)
+        if not 0 <= index < len(run.result.instances):
+            raise gr.Error(f"This run has no detection #{index}: it has {len(run.result.instances)}.",
+                           title="No such detection", print_exception=False)
+        with user_errors("Explaining"):
+            explanation = run.explanations.get(index)
+            if explanation is None:
+                explanation = self._predictor_of(run).explain(run.inspection, index)
+                run.explanations[index] = explanation
+            text, box_grids, mask_grids, mask_probs, bars = views.explanation_view(explanation, grid_mode=grid_mode)
+        return index, text, box_grids, mask_grids, mask_probs, pd.DataFrame(bars)
+
+    def what_if(self, key, force_level, canonical_level, canonical_size, score=0.0):
+        """The RoI heads again on the kept pyramid, every RoI on one level or with another k0 / s0,
+        against the original run: the diff drawn, counted and listed."""
+        run = self.run_of(key)
+        if run is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        if run.inspection is None:
+            raise gr.Error("This model has no RoI heads to run again.", title="No RoIs", print_exception=False)
+        level = None if force_level in (None, "", "rule") else int(str(force_level).lstrip("p"))
+        with user_errors("What if"), self.trim.running():
+            rule = {"level": level} if level is not None else {"canonical_level": int(canonical_level),
+                                                                 "canonical_size": float(canonical_size)}
+            whatif = self._predictor_of(run).what_if(run.inspection, **rule)
+            return views.what_if_view(run, whatif, score_threshold=score)
+
+    def scale_sweep(self, key, progress=gr.Progress()):
+        """The image at several input sizes: how its objects move between levels as it grows."""
+        run = self.run_of(key)
+        if run is None:
+            return [gr.skip()] * 5
+        with user_errors("Scale sweep"), self.trim.running():
+            predictor = self._predictor_of(run)
+            sweep = predictor.scale_sweep(run.image, progress=lambda done, total: progress(
+                done / total, desc=f"{done} of {total} input sizes"))
+            objects, shares, counts, text = views.sweep_tables(sweep)
+        objects = pd.DataFrame(objects)
+        return objects, objects, pd.DataFrame(shares), pd.DataFrame(counts), text
+
+    def level_metrics(self, key, ground_truth):
+        """Recall and precision per level against the image's ground truth (an uploaded COCO
+        instances JSON, or the bundled synthetic examples' own)."""
         run = self.run_of(key)
         if run is None:
             return gr.skip(), gr.skip()
-        with user_errors("Drawing"):
-            return views.levels_view(run, score_threshold=score, classes=classes,
-                                         source=roi_source)
+        if ground_truth is None:
+            if not (SYNTHETIC_GROUND_TRUTH.is_file() and Path(run.name).match(SYNTHETIC_EXAMPLES)):
+                raise gr.Error("Upload the COCO instances JSON of this image (the synthetic examples bring their "
+                               "own).", title="No ground truth", print_exception=False)
+            ground_truth = SYNTHETIC_GROUND_TRUTH
+        with user_errors("Per-level metrics"):
+            try:
+                metrics = self._predictor_of(run).level_metrics(run.result, str(ground_truth), image=run.name)
+            except (KeyError, ValueError) as e:
+                raise gr.Error(str(e), title="Cannot score this image", print_exception=False) from e
+            return views.level_metric_rows(metrics)
+
+    def _predictor_of(self, run: Run):
+        """The shared predictor, which must be the one that made ``run`` (a reload or a model
+        arriving from a download replaces it: then the run is from another model)."""
+        predictor = self.source.get()
+        if run.inspection is not None and run.inspection.model() is not getattr(predictor, "model", None):
+            raise gr.Error("The model changed since this run (reloaded, or a downloaded one arrived): press "
+                           "Segment again.", title="Model changed", print_exception=False)
+        return predictor
 
     def select_segment(self, key, evt: gr.SelectData):
         """A row of the segment table selected: single out its segment in the panoptic view."""
@@ -446,16 +556,19 @@ def _to_gradio_cache(path: Path | None) -> str | None:
     return processing_utils.save_file_to_cache(path, cache_dir=get_upload_folder())
 
 
-def _png_to_gradio_cache(image: np.ndarray | Image.Image, name: str = "image") -> str:
-    """``image`` (uint8 [H, W, 3] or a PIL image) as a PNG in Gradio's cache
+def _image_to_gradio_cache(image: np.ndarray | Image.Image, name: str = "image", *, jpeg: bool = False) -> str:
+    """``image`` (uint8 [H, W, 3] or a PIL image) as a PNG (or a JPEG) in Gradio's cache
     (:func:`_to_gradio_cache`). Gradio's own writer rewrites a cached picture in place, so a
     request serving it while another request draws the same picture could send an empty file."""
     with files.request_dir() as folder:
-        path = folder / f"{name}.png"
-        if isinstance(image, Image.Image):
+        if jpeg:
+            path = folder / f"{name}.jpg"
+            Image.fromarray(np.asarray(image)).save(path, format="JPEG", quality=VIEW_JPEG_QUALITY)
+        elif isinstance(image, Image.Image):
+            path = folder / f"{name}.png"
             image.save(path, format="PNG", compress_level=3)
         else:
-            write_png(path, image)
+            path = write_png(folder / f"{name}.png", image)
         return _to_gradio_cache(path)
 
 
@@ -574,13 +687,74 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
                         pyramid = ViewImage(label="Activation over the image",
                                             elem_id="pyramid-image", **view)
                         pyramid_info = gr.Markdown(label="Level", elem_id="pyramid-info")
-                    with gr.Tab("RoI levels", id="levels"):
-                        roi_source = gr.Radio([("mask head: RoI of the final box", "mask"),
-                                               ("box head: RoI of the proposal", "box")],
-                                              value="mask", label="RoI")
-                        levels = ViewImage(label="Boxes coloured by RoI level", **view)
-                        levels_info = gr.Markdown(viz.level_rule_text(),
-                                                  label="Counts per level")
+                    with gr.Tab("Levels", id="levels"):
+                        with gr.Row():
+                            with gr.Column(scale=3):
+                                roi_source = gr.Radio([("mask head: RoI of the final box", "mask"),
+                                                       ("box head: RoI of the proposal", "box")],
+                                                      value="mask", label="RoI")
+                                levels = ViewImage(label="Boxes coloured by RoI level: click one to explain it",
+                                                   elem_id="levels-image", **view)
+                            with gr.Column(scale=2):
+                                detection_table = gr.Dataframe(
+                                    headers=list(views.DETECTION_COLUMNS), interactive=False,
+                                    datatype=["number", "str", "number", "number", "str", "str"], max_height=480,
+                                    label="Detections: select one to explain it", elem_id="detection-table")
+                        levels_info = gr.Markdown(viz.level_rule_text(), label="Counts per level",
+                                                  elem_id="levels-info")
+                        with gr.Accordion("One detection, level by level", open=True):
+                            explained = gr.Number(visible=False)
+                            rule_text = gr.Markdown("Select a detection in the table or click it in the picture.",
+                                                    elem_id="rule-text")
+                            grid_mode = gr.Radio([("mean |activation|", "mean_abs"), ("PCA, one basis", "pca")],
+                                                 value="mean_abs", label="RoIAlign grids")
+                            with gr.Row():
+                                box_grids = ViewImage(label="Box RoI 7 × 7: level below · its level · above",
+                                                      elem_id="box-grids", format="png", show_label=True,
+                                                      interactive=False, height=180)
+                                mask_grids = ViewImage(label="Mask RoI 14 × 14: level below · its level · above",
+                                                       elem_id="mask-grids", format="png", show_label=True,
+                                                       interactive=False, height=180)
+                                mask_probs = ViewImage(label="28 × 28 mask probabilities", elem_id="mask-probs",
+                                                       format="png", show_label=True, interactive=False, height=180)
+                            activation_bars = gr.BarPlot(x="level", y="mean |activation|", color="pooled from",
+                                                         label="Mean |activation| inside its box, every level",
+                                                         elem_id="activation-bars", height=220)
+                        with gr.Accordion("What if it read another level", open=False):
+                            with gr.Row():
+                                force_level = gr.Radio(["rule", "p2", "p3", "p4", "p5"], value="rule",
+                                                       label="Every RoI on (\"rule\": the rule with k0 and s0)",
+                                                       elem_id="force-level")
+                                canonical_level = gr.Slider(2, 6, value=4, step=1, label="k0 (canonical level)")
+                                canonical_size = gr.Slider(56, 896, value=224, step=8,
+                                                           label="s0 (canonical size, px)")
+                            what_if_btn = gr.Button("Run the RoI heads again (no backbone)", elem_id="what-if-button")
+                            what_if_info = gr.Markdown(elem_id="what-if-info")
+                            what_if_view = ViewImage(label="kept (green) · moved (amber) · lost (red) · new (blue)",
+                                                     elem_id="what-if-image", **view)
+                            what_if_table = gr.Dataframe(headers=list(views.WHAT_IF_COLUMNS), interactive=False,
+                                                         max_height=320, elem_id="what-if-table")
+                        with gr.Accordion("Scale sweep: how objects move between levels", open=False):
+                            sweep_btn = gr.Button("Run the image at nine input sizes", elem_id="sweep-button")
+                            sweep_info = gr.Markdown(elem_id="sweep-info")
+                            with gr.Row():
+                                sweep_levels = gr.LinePlot(x="input size", y="level", color="object",
+                                                           label="Level of each object", elem_id="sweep-levels")
+                                sweep_scores = gr.LinePlot(x="input size", y="score", color="object",
+                                                           label="Score of each object", elem_id="sweep-scores")
+                            with gr.Row():
+                                sweep_shares = gr.BarPlot(x="input size", y="share", color="level",
+                                                          label="Levels' share of the detections",
+                                                          elem_id="sweep-shares")
+                                sweep_counts = gr.LinePlot(x="input size", y="detections", label="Detections",
+                                                           elem_id="sweep-counts")
+                        with gr.Accordion("Recall and precision per level", open=False):
+                            ground_truth = gr.File(label="COCO instances JSON of this image (the synthetic "
+                                                         "examples bring their own)", file_types=[".json"])
+                            metrics_btn = gr.Button("Score per level", elem_id="metrics-button")
+                            metrics_info = gr.Markdown()
+                            metrics_table = gr.Dataframe(headers=list(views.LEVEL_METRIC_COLUMNS), interactive=False,
+                                                         elem_id="level-metrics")
                     with gr.Tab("Downloads", id="downloads"):
                         gr.Markdown("Files of the last run. Coordinates refer to the image as "
                                     "segmented (downscaled when its longest side is above "
@@ -634,15 +808,31 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
         segmented.success(
             events.draw_views, [run_state, score, level, mode, channel, roi_source],
             [classes, instance_info, semantic, semantic_legend, panoptic, table, selection, pyramid, pyramid_info,
-             channel, levels, levels_info, run_info],
+             channel, levels, levels_info, detection_table, run_info],
             api_visibility="private", show_progress_on=[semantic, panoptic, pyramid, levels], **draw,
         )
-        gr.on([score.input, opacity.input, classes.input, show_boxes.input, show_labels.input],
-              events.redraw_instances, [run_state, score, opacity, classes, show_boxes, show_labels],
-              [overlay, file_overlay, instance_info], api_name="redraw_instances", **control)
+        instance_controls = [score.input, opacity.input, classes.input, show_boxes.input, show_labels.input]
+        instance_settings = [run_state, score, opacity, classes, show_boxes, show_labels]
+        gr.on(instance_controls, events.redraw_instances, instance_settings, [overlay, instance_info],
+              api_name="redraw_instances", **control)
+        gr.on(instance_controls, events.overlay_download, instance_settings, [file_overlay],
+              api_name="overlay_download", trigger_mode="always_last", show_progress="hidden",
+              concurrency_id="downloads", concurrency_limit=1)
         gr.on([score.input, classes.input, roi_source.input], events.roi_levels,
-              [run_state, score, classes, roi_source], [levels, levels_info], api_name="roi_levels",
+              [run_state, score, classes, roi_source], [levels, levels_info, detection_table], api_name="roi_levels",
               **control)
+        explanation = [explained, rule_text, box_grids, mask_grids, mask_probs, activation_bars]
+        detection_table.select(events.pick_from_table, [run_state, grid_mode], explanation, api_visibility="private",
+                               **draw)
+        levels.select(events.pick_from_image, [run_state, score, classes, grid_mode], explanation,
+                      api_visibility="private", **draw)
+        grid_mode.input(events.explain, [run_state, explained, grid_mode], explanation, api_name="explain", **draw)
+        what_if_btn.click(events.what_if, [run_state, force_level, canonical_level, canonical_size, score],
+                          [what_if_view, what_if_info, what_if_table], api_name="what_if", concurrency_id="model")
+        sweep_btn.click(events.scale_sweep, [run_state], [sweep_levels, sweep_scores, sweep_shares, sweep_counts,
+                                                          sweep_info], api_name="scale_sweep", concurrency_id="model")
+        metrics_btn.click(events.level_metrics, [run_state, ground_truth], [metrics_table, metrics_info],
+                          api_name="level_metrics", **draw)
         gr.on([level.input, mode.input, channel.input], events.inspect,
               [run_state, level, mode, channel], [pyramid, pyramid_info, channel],
               api_name="inspect", **control)

@@ -18,11 +18,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from segfpn.explain import DetectionExplanation, Inspection
 from segfpn.imageio import ImageError, decode_image
 from segfpn.model.optimize import return_freed_memory
 from segfpn.structures import Result
@@ -45,6 +46,9 @@ class Run:
     ``result`` refers to it. original_size: (H, W) of the upload. features: level name ->
     float16 [C, h, w] (half of float32's memory; the inspector normalises anyway).
     timings: seconds per stage, "drawing" included once the views are drawn.
+    inspection: what the RoI heads need to explain a detection or run again with another level
+    rule (:class:`~segfpn.explain.Inspection`: the pyramid, the proposals); None for a model
+    without RoIs (RetinaNet). explanations: the detections explained so far, by index.
     Kept between requests by a :class:`RunStore`.
     """
 
@@ -55,6 +59,8 @@ class Run:
     features: dict[str, np.ndarray]
     timings: dict[str, float]
     device: str
+    inspection: Inspection | None = None
+    explanations: dict[int, DetectionExplanation] = field(default_factory=dict)
 
     @property
     def downscaled(self) -> bool:
@@ -92,7 +98,11 @@ def run_model(predictor, source, *, name: str = "image", max_side: int = MAX_SID
     image, original_size = prepare_image(source, max_side=max_side)
     read_s = time.perf_counter() - start
     try:
-        result = predictor.predict(image, return_features=True)
+        if has_roi_heads(predictor):
+            inspection = predictor.inspect(image, return_features=True)
+            result = inspection.result
+        else:
+            inspection, result = None, predictor.predict(image, return_features=True)
     except ImageError as e:
         if tuple(image.shape[:2]) == tuple(original_size):
             raise
@@ -104,7 +114,14 @@ def run_model(predictor, source, *, name: str = "image", max_side: int = MAX_SID
     timings = dict(result.timings)
     timings["preprocess"] = timings.get("preprocess", 0.0) + read_s
     return Run(name=name, image=image, original_size=original_size, result=result,
-               features=features, timings=timings, device=str(result.device))
+               features=features, timings=timings, device=str(result.device), inspection=inspection)
+
+
+def has_roi_heads(predictor) -> bool:
+    """Whether ``predictor`` pools RoIs (so its detections can be explained level by level):
+    a segfpn Predictor of a two-stage model; False for a RetinaNet or another kind of object."""
+    config = getattr(predictor, "config", None)
+    return getattr(config, "detector", None) == "rcnn" and hasattr(predictor, "inspect")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import numpy as np
 
 from segfpn import viz
 from segfpn.app.session import Run
+from segfpn.viz import pyramid as pyramid_viz
 from segfpn.model.levels import level_stride
 
 #: The pyramid levels the inspector offers: bottom-up (ResNet res2..res5) and FPN outputs.
@@ -217,3 +218,142 @@ def semantic_legend(run: Run) -> str:
         items.append(f'<span class="legend-swatch" style="background:{_hex(colors[label])}"></span>'
                      f"{html.escape(semantic.class_names[label])} {share:.1f} %")
     return "<div id='semantic-legend-items'>" + " ".join(items) + "</div>"
+
+
+# ---------------------------------------------------------------------------------------------
+# The pyramid, explained (the Levels tab): one detection, what-if, the scale sweep, per level
+
+
+#: Columns of the detection table of the Levels tab.
+DETECTION_COLUMNS = ("#", "class", "score", "√(wh) px", "level", "box RoI level")
+#: Columns of the what-if diff table.
+WHAT_IF_COLUMNS = ("#", "status", "class", "score before", "score after", "level before", "level after",
+                   "box IoU", "mask IoU")
+#: Columns of the per-level metrics table.
+LEVEL_METRIC_COLUMNS = ("level", "objects", "found", "recall", "detections", "correct", "precision")
+
+
+def visible(run: Run, *, score_threshold: float, classes: Iterable[str] | None = None) -> np.ndarray:
+    """int64 indices of the detections the views show (score and class filter), best first."""
+    return viz.visible_indices(run.result.instances, score_threshold=score_threshold, classes=_classes(classes))
+
+
+def detection_rows(run: Run, *, score_threshold: float, classes: Iterable[str] | None = None) -> list[list]:
+    """One row per shown detection, columns :data:`DETECTION_COLUMNS`; the size is √(wh) of its
+    box in network pixels, the number the level rule reads."""
+    instances = run.result.instances
+    scale = run.result.input_size[0] / run.result.image_size[0]
+    boxes = instances.boxes * scale
+    sizes = np.sqrt(np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0))
+    names = instances.names
+    return [[int(i), names[i], round(float(instances.scores[i]), 3), round(float(sizes[i]), 1),
+             f"p{int(instances.levels[i])}", f"p{int(instances.box_levels[i])}"]
+            for i in visible(run, score_threshold=score_threshold, classes=classes).tolist()]
+
+
+def detection_at(run: Run, x: float, y: float, *, score_threshold: float,
+                 classes: Iterable[str] | None = None) -> int | None:
+    """The shown detection under the image point (x, y): of those whose box holds it, the one with
+    the smallest box (the most specific); None when no box does."""
+    boxes = run.result.instances.boxes
+    best, best_area = None, np.inf
+    for i in visible(run, score_threshold=score_threshold, classes=classes).tolist():
+        x0, y0, x1, y1 = boxes[i]
+        area = (x1 - x0) * (y1 - y0)
+        if x0 <= x <= x1 and y0 <= y <= y1 and area < best_area:
+            best, best_area = i, area
+    return best
+
+
+def explanation_view(explanation, *, grid_mode: str = "mean_abs") -> tuple[str, np.ndarray, np.ndarray | None,
+                                                                             np.ndarray | None, list[dict]]:
+    """``(Markdown, box grids image, mask grids image or None, mask probabilities image or None,
+    bars)`` of a :class:`~segfpn.explain.DetectionExplanation`: the rule worked out for its mask
+    and box RoIs, the RoIAlign grids on their levels and the neighbours (one colour scale), the
+    28x28 mask, and ``bars`` (``{"level", "mean |activation|", "pooled from"}`` per pyramid
+    level, for a bar chart)."""
+    e = explanation
+    box = ", ".join(f"{v:.1f}" for v in e.box.tolist())
+    lines = [f"**#{e.index} {e.class_name}** · score {e.score:.3f} · box ({box}) in the image, "
+             f"√(wh) = {e.size:.1f} px in the network input ({e.input_size[1]} × {e.input_size[0]})",
+             f"- mask head RoI (the final box): {e.mask_rule.text()}",
+             f"- box head RoI (its proposal): {e.box_rule.text()}",
+             f"- grids, fine to coarse: {', '.join(f'p{int(k)}' for k in e.box_grids.levels)} "
+             f"(box RoI 7 × 7, its level p{e.box_level})"
+             + (f"; {', '.join(f'p{int(k)}' for k in e.mask_grids.levels)} (mask RoI 14 × 14, p{e.level})"
+                if e.mask_grids is not None else "")]
+    box_grids = pyramid_viz.grids_image(e.box_grids, mode=grid_mode, cell=20)
+    mask_grids = pyramid_viz.grids_image(e.mask_grids, mode=grid_mode, cell=10) if e.mask_grids is not None else None
+    mask_probs = pyramid_viz.mask_probs_image(e.mask_probs, cell=8) if e.mask_probs is not None else None
+    bars = [{"level": f"p{int(k)}", "mean |activation|": float(v),
+             "pooled from": "yes" if int(k) in (e.level, e.box_level) else "no"}
+            for k, v in zip(e.pyramid_levels, e.box_activation)]
+    return "\n".join(lines), box_grids, mask_grids, mask_probs, bars
+
+
+def what_if_view(run: Run, whatif, *, score_threshold: float = 0.0) -> tuple[np.ndarray, str, list[list]]:
+    """``(diff drawing, Markdown, rows)`` of a :class:`~segfpn.explain.WhatIf` of ``run``: kept /
+    moved / lost / new boxes over the image, the counts with the rule used and the time the heads
+    took, and the diff table (:data:`WHAT_IF_COLUMNS`). Only detections scoring at least
+    ``score_threshold`` before (or, for new ones, after) are shown and counted, as in the other views."""
+    rule = whatif.rule
+    forced = rule.min_level == rule.max_level
+    how = (f"every RoI on p{rule.min_level}" if forced else
+           f"k = ⌊{rule.canonical_level} + log2(√(wh) / {rule.canonical_size:g})⌋, clamped to "
+           f"{rule.min_level}…{rule.max_level}")
+    shown_before = whatif.original.scores >= score_threshold
+    shown_new = (whatif.new_status == "new") & (whatif.instances.scores >= score_threshold)
+    statuses = list(whatif.status[shown_before]) + ["new"] * int(shown_new.sum())
+    counts = " · ".join(f"**{k}** {statuses.count(k)}" for k in ("kept", "moved", "lost", "new"))
+    text = (f"{how}: {counts} (score ≥ {score_threshold:.2f}) — the RoI heads alone took "
+            f"{whatif.timings['heads']:.2f} s ({whatif.seconds:.2f} s with pasting and the diff; no backbone).")
+
+    def number(value, digits=3):
+        return None if value is None else round(float(value), digits)
+
+    rows = [[r["index"] if r["index"] is not None else f"new {r['new_index']}", r["status"], r["class_name"],
+             number(r["score_before"]), number(r["score_after"]),
+             f"p{r['level_before']}" if r["level_before"] is not None else "—",
+             f"p{r['level_after']}" if r["level_after"] is not None else "—",
+             number(r["box_iou"]), number(r["mask_iou"])] for r in whatif.rows()
+            if (r["index"] is not None and shown_before[r["index"]])
+            or (r["index"] is None and shown_new[r["new_index"]])]
+    drawing = pyramid_viz.draw_what_if(run.image, whatif, shown=shown_before, shown_new=shown_new)
+    return drawing, text, rows
+
+
+def sweep_tables(sweep) -> tuple[list[dict], list[dict], list[dict], str]:
+    """Rows for the scale sweep's plots from a :class:`~segfpn.explain.ScaleSweep`: per object and
+    size its level and score (``{"input size", "level", "score", "object"}``), per size and level
+    the share of detections (``{"input size", "share", "level"}``), per size the count, and a
+    Markdown summary."""
+    objects = []
+    for t in range(sweep.num_tracks):
+        name = f"#{t} {sweep.track_names[t]}"
+        for s, size in enumerate(sweep.sizes.tolist()):
+            if sweep.track_levels[t, s] >= 0:
+                objects.append({"input size": int(size), "level": int(sweep.track_levels[t, s]),
+                                "score": float(sweep.track_scores[t, s]), "object": name})
+    shares = [{"input size": int(size), "share": float(sweep.level_shares[s, k]), "level": f"p{int(level)}"}
+              for s, size in enumerate(sweep.sizes.tolist()) for k, level in enumerate(sweep.levels.tolist())]
+    counts = [{"input size": int(size), "detections": int(sweep.counts[s])} for s, size in enumerate(sweep.sizes.tolist())]
+    moved = sum(1 for t in range(sweep.num_tracks) if len(set(sweep.track_levels[t][sweep.track_levels[t] >= 0])) > 1)
+    text = (f"{len(sweep.sizes)} input sizes ({sweep.sizes[0]}…{sweep.sizes[-1]} px, shorter side), "
+            f"{sweep.num_tracks} objects followed (score ≥ {sweep.score_threshold:g}, box IoU ≥ "
+            f"{sweep.iou_threshold:g} from size to size), {moved} of them change level as the image grows; "
+            f"{float(np.sum(sweep.seconds)):.1f} s in all.")
+    return objects, shares, counts, text
+
+
+def level_metric_rows(metrics) -> tuple[list[list], str]:
+    """Rows (:data:`LEVEL_METRIC_COLUMNS`) and a Markdown note of a
+    :class:`~segfpn.evaluation.by_level.LevelMetrics`."""
+    rows = []
+    for row in metrics.table():
+        rows.append([row["level"], row["objects"], row["found"],
+                     None if row["recall"] is None else round(row["recall"], 3), row["detections"], row["correct"],
+                     None if row["precision"] is None else round(row["precision"], 3)])
+    text = (f"Objects get the level their ground-truth box maps to under the model's rule at this input size; "
+            f"detections the level their RoI was pooled from. A match: same class, box IoU ≥ "
+            f"{metrics.iou_threshold:g}, score ≥ {metrics.score_threshold:g}.")
+    return rows, text

@@ -9,6 +9,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from segfpn.viz.primitives import as_rgb_image, draw_box_, draw_label_, label_rect_for_box, line_thickness, text_style
+
 #: OpenCV colour map of the scalar grids (perceptually uniform, readable in grey).
 GRID_COLORMAP = cv2.COLORMAP_VIRIDIS
 
@@ -80,3 +82,42 @@ def _check_cell(cell: int) -> int:
 
 def _blocks(rgb: np.ndarray, cell: int) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1))
+
+
+#: Colours of the what-if diff: a detection kept, moved (changed), lost, or new.
+DIFF_COLORS = {"kept": (46, 160, 67), "moved": (245, 158, 11), "lost": (220, 38, 38), "new": (37, 99, 235)}
+
+
+def draw_what_if(image_rgb: np.ndarray, whatif, *, shown: np.ndarray | None = None,
+                 shown_new: np.ndarray | None = None, thickness: int | None = None) -> np.ndarray:
+    """The what-if diff over the image: every original detection's box in the colour of its
+    status (:data:`DIFF_COLORS`: kept, moved, lost; a moved one also at its new place, thin), every
+    new detection's box, each change tagged with its status. ``whatif``: a
+    :class:`~segfpn.explain.WhatIf`; ``shown`` / ``shown_new``: bool masks of the original and
+    re-run detections to draw (default all originals and every new one). Returns a new uint8
+    [H, W, 3]."""
+    out = as_rgb_image(image_rgb).copy()
+    size = out.shape[:2]
+    width = thickness or line_thickness(size) + 1
+    style = text_style(size)
+    if shown is None:
+        shown = np.ones(len(whatif.status), dtype=bool)
+    if shown_new is None:
+        shown_new = whatif.new_status == "new"
+    tags = []
+    for i, status in enumerate(whatif.status.tolist()):
+        if not shown[i]:
+            continue
+        color = DIFF_COLORS[status]
+        draw_box_(out, whatif.original.boxes[i], color, width)
+        if status == "moved":
+            draw_box_(out, whatif.instances.boxes[int(whatif.match[i])], color, max(1, width // 2))
+        tags.append((whatif.original.boxes[i], status, color))
+    for j in np.flatnonzero(shown_new & (whatif.new_status == "new")).tolist():
+        draw_box_(out, whatif.instances.boxes[j], DIFF_COLORS["new"], width)
+        tags.append((whatif.instances.boxes[j], "new", DIFF_COLORS["new"]))
+    for box, status, color in tags:
+        if status != "kept":  # the changes carry a tag; kept ones only their colour
+            rect = label_rect_for_box(box, style.label_size(status), size)
+            draw_label_(out, status, rect, background=color, style=style)
+    return out

@@ -21,17 +21,25 @@ SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 
 
 class CountingPredictor:
-    """Wraps a predictor and counts its ``predict`` calls; everything else is the wrapped one's."""
+    """Wraps a predictor and counts its full runs (``predict`` and ``inspect`` calls);
+    everything else is the wrapped one's."""
 
     def __init__(self, predictor):
         self._predictor = predictor
         self._lock = threading.Lock()
         self.calls = 0
 
-    def predict(self, image, **kwargs):
+    def _count(self) -> None:
         with self._lock:
             self.calls += 1
+
+    def predict(self, image, **kwargs):
+        self._count()
         return self._predictor.predict(image, **kwargs)
+
+    def inspect(self, image, **kwargs):
+        self._count()
+        return self._predictor.inspect(image, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._predictor, name)

@@ -32,7 +32,7 @@ def test_categories_follow_the_panoptic_fpn_layout():
     assert cats.thing_names == ["circle", "square", "triangle", "star"]
     assert [c.id for c in cats.things] == [1, 2, 3, 4]
     assert all(c.isthing for c in cats.things)
-    assert cats.semantic_names == ["things", "sky", "grass", "water", "wall"]
+    assert [c.name for c in cats.stuff] == ["things", "sky", "grass", "water", "wall"]
     assert [c.id for c in cats.stuff] == [0, 5, 6, 7, 8]
     assert not any(c.isthing for c in cats.stuff[1:])
     assert cats.thing_label(3) == 2 and cats.semantic_label(7) == 3

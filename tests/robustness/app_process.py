@@ -167,8 +167,9 @@ def segment(client, path, score: float = 1.0):
 
 
 class ConcurrencyCountingPredictor:
-    """Wraps a predictor: each ``predict`` lasts at least ``hold_s`` seconds, and the most calls
-    ever running at once is recorded (``most_at_once``), with the number of calls (``calls``)."""
+    """Wraps a predictor: each full run (``predict`` or ``inspect``) lasts at least ``hold_s``
+    seconds, and the most runs ever going at once is recorded (``most_at_once``), with the
+    number of runs (``calls``)."""
 
     def __init__(self, predictor, *, hold_s: float = 0.3):
         import threading
@@ -178,17 +179,23 @@ class ConcurrencyCountingPredictor:
         self.hold_s = hold_s
         self.calls = self.running = self.most_at_once = 0
 
-    def predict(self, image, **kwargs):
+    def _held(self, run, image, kwargs):
         with self._lock:
             self.calls += 1
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
         try:
             time.sleep(self.hold_s)
-            return self._predictor.predict(image, **kwargs)
+            return run(image, **kwargs)
         finally:
             with self._lock:
                 self.running -= 1
+
+    def predict(self, image, **kwargs):
+        return self._held(self._predictor.predict, image, kwargs)
+
+    def inspect(self, image, **kwargs):
+        return self._held(self._predictor.inspect, image, kwargs)
 
     def __getattr__(self, name):
         return getattr(self._predictor, name)

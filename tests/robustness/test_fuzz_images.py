@@ -21,8 +21,9 @@ from segfpn.imageio import ImageError, read_image
 
 SEED = 20260611
 MUTATIONS_PER_FILE = 120
-#: Decoding a file must not take longer than this (2 busy cores; a case takes ~1 ms).
-MAX_SECONDS_PER_FILE = 2.0
+#: A file that takes longer than this to decode is a hang (a decoder loop), not a slow case: a
+#: case takes ~1 ms, and 2 cores shared with other test processes can stall one for seconds.
+MAX_SECONDS_PER_FILE = 20.0
 #: The fuzz reads with this limit, so that what a file may cost is small enough to check:
 #: a 1-megapixel float image and its conversions take ~20 MB.
 FUZZ_MEGAPIXELS = 1.0
