@@ -39,15 +39,17 @@ def _add_predict(subparsers) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="fp32 (default) gives the reference outputs; bf16 (CPU or GPU) and fp16 (GPU) are faster")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="images per forward pass (more than 1 pays on a GPU)")
-    p.add_argument("--overlay", choices=["panoptic", "instances"], default="panoptic",
-                   help="what the overlay PNG shows: the panoptic segments (default, when the model has them) or "
-                        "the instances (masks, boxes, labels with score >= 0.5, as the app's Instances view)")
+    p.add_argument("--overlay", choices=["panoptic", "instances"], default=None,
+                   help="what the overlay PNG shows: the panoptic segments (a model with a semantic head: Panoptic "
+                        "FPN) or the instances (masks, boxes, labels with score >= 0.5, as the app's Instances view; "
+                        "filled boxes for a box-only model); default: the panoptic segments when the model has them")
     p.add_argument("--score-threshold", type=_probability, default=None,
                    help="keep detections scoring above this (default: the checkpoint's, 0.05 for the COCO models)")
     p.add_argument("--formats", default="coco", type=_format_list,
                    help="extra files per image, comma-separated: labelme, yolo, cvat, cutouts, csv, parquet "
                         "(COCO is always written); they hold the detections at or above --score-threshold "
-                        "(all the model keeps without it) of the --classes asked for")
+                        "(all the model keeps without it) of the --classes asked for; polygons for a model with "
+                        "masks, boxes for a box-only model (Faster R-CNN, RetinaNet)")
     p.add_argument("--classes", default=None, type=_name_list,
                    help="comma-separated class names the --formats files keep (default: every class)")
     p.add_argument("--every", type=_positive_int, default=1, help="video: segment every N-th frame (default 1: all)")
@@ -142,9 +144,9 @@ def _checkpoint_file(weights: str | None, *, progress: bool) -> Path:
 def _run_predict(args) -> int:
     import os
 
-    import segfpn
     from segfpn.imageio import read_image
-    from segfpn.inference import FolderReport, distributed_rank, merge_results, predict_folder, write_image_outputs
+    from segfpn.inference import (FolderReport, distributed_rank, load_predictor, merge_results, predict_folder,
+                                  write_image_outputs)
 
     from segfpn.urls import is_url, read_url_image, url_file_name
     from segfpn.video import VideoError, is_video, probe_video
@@ -157,6 +159,9 @@ def _run_predict(args) -> int:
     if video and args.formats:
         raise UsageError(f"--formats {','.join(args.formats)}: a video gets its overlay MP4 and per-frame COCO "
                          "results JSON; the other formats are for images")
+    if video and args.classes:
+        raise UsageError(f"--classes {','.join(args.classes)}: it chooses what the --formats files of images keep; "
+                         "a video's per-frame results hold every detection")
     rank, world_size = distributed_rank()
     device = args.device
     if device is None and world_size > 1:
@@ -177,19 +182,21 @@ def _run_predict(args) -> int:
     except VideoError as exc:
         raise UsageError(str(exc)) from None
     out = _output_folder(args.out)
-    overrides = {"box_head": {"score_threshold": args.score_threshold}} if args.score_threshold is not None else None
     weights = _checkpoint_file(args.weights, progress=not args.no_progress)
-    predictor = segfpn.load(weights, arch=args.arch, device=device, precision=args.precision, overrides=overrides)
+    predictor = load_predictor(weights, arch=args.arch, device=device, precision=args.precision,
+                               score_threshold=args.score_threshold)
+    # What the options ask of the model is checked before any image is segmented.
+    overlay = _checked_overlay(predictor, args.overlay)
     exports = {"formats": args.formats, "score_threshold": args.score_threshold or 0.0,
                "classes": _checked_classes(predictor, args.classes)}
     if video:
-        return _predict_video(predictor, source, out, args)
+        return _predict_video(predictor, source, out, args, overlay=overlay)
     if rgb is not None:
-        write_image_outputs(predictor, source, out, image_id=1, rgb=rgb, overlay=args.overlay, **exports)
+        write_image_outputs(predictor, source, out, image_id=1, rgb=rgb, overlay=overlay, **exports)
         print(f"wrote results for {source.name} to {out}/")
         return 0
     report = predict_folder(predictor, source, out, rank=rank, world_size=world_size, progress=not args.no_progress,
-                            batch_size=args.batch_size, overlay=args.overlay, **exports)
+                            batch_size=args.batch_size, overlay=overlay, **exports)
     if world_size == 1:
         merged = merge_results(source, out)
         _print_summary(report, merged)
@@ -213,23 +220,38 @@ def _run_predict(args) -> int:
     return 0 if not report.failed else 1
 
 
+def _checked_overlay(predictor, overlay: str | None) -> str:
+    """``--overlay`` (default: the panoptic segments when the model has them, else the instances),
+    or a :class:`UsageError` when it asks for panoptic segments the model cannot give."""
+    from segfpn.outputs import DEFAULT_OVERLAY
+
+    if overlay == "panoptic" and not predictor.has_semantic_head:
+        kind = "a box-only model" if not predictor.config.has_masks else "a model without a semantic head"
+        raise UsageError(f"--overlay panoptic: {predictor.arch or 'this model'} is {kind}, it gives no panoptic "
+                         "segments; use --overlay instances (or leave --overlay out)")
+    return overlay or DEFAULT_OVERLAY
+
+
 def _checked_classes(predictor, classes: tuple[str, ...] | None) -> tuple[str, ...] | None:
     """``--classes``, or a :class:`UsageError` naming those the model does not have."""
+    from segfpn.formats import known_class_names
+
     if classes is None:
         return None
-    known = [c.name for c in predictor.categories.things] + [c.name for c in predictor.categories.stuff
-                                                            if not c.isthing]
+    stuff = [(c.name, c.id) for c in predictor.categories.stuff] if predictor.has_semantic_head else []
+    known = known_class_names([c.name for c in predictor.categories.things], stuff)
     unknown = [c for c in classes if c not in known]
     if unknown:
-        raise UsageError(f"--classes {','.join(unknown)}: not a class of this model; its classes are {', '.join(known)}")
+        raise UsageError(f"--classes {','.join(unknown)}: not a class of this model; "
+                         f"its classes are {', '.join(known)}")
     return classes
 
 
-def _predict_video(predictor, source: Path, out: Path, args) -> int:
+def _predict_video(predictor, source: Path, out: Path, args, *, overlay: str) -> int:
     from segfpn.video import VideoCancelled, VideoError, predict_video
 
     try:
-        report = predict_video(predictor, source, out, every=args.every, overlay=args.overlay,
+        report = predict_video(predictor, source, out, every=args.every, overlay=overlay,
                                batch_size=args.batch_size, progress_bar=not args.no_progress)
     except VideoError as exc:
         raise UsageError(str(exc)) from None

@@ -49,6 +49,29 @@ def distributed_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def load_predictor(weights: str | os.PathLike, *, arch: str | None = None, device: str | None = None,
+                   precision: str = "fp32", score_threshold: float | None = None):
+    """``segfpn.load(weights, ...)`` with the detections' score threshold set to ``score_threshold``
+    (None: the checkpoint's) in whichever section the model keeps it: ``box_head`` (Mask R-CNN,
+    Panoptic FPN, Faster R-CNN) or ``retina_head`` (RetinaNet)."""
+    import segfpn
+
+    overrides = None
+    if score_threshold is not None:
+        overrides = {_detection_head(weights, arch=arch): {"score_threshold": score_threshold}}
+    return segfpn.load(weights, arch=arch, device=device, precision=precision, overrides=overrides)
+
+
+def _detection_head(weights: str | os.PathLike, *, arch: str | None) -> str:
+    """The config section of the model in ``weights`` holding its detection thresholds."""
+    from segfpn.checkpoints.loading import convert_state, read_state
+
+    # The section is known only once the file is recognised; segfpn.load reads the tensors again
+    # (its overrides name a section, and there is no section-neutral threshold to pass).
+    state, metadata = read_state(weights)
+    return convert_state(state, metadata, arch=arch, path=Path(weights)).config.detection_head
+
+
 def write_image_outputs(predictor, image_path: Path, out_dir: Path, image_id: int, *, rgb: np.ndarray | None = None,
                         result=None, overlay: Overlay = DEFAULT_OVERLAY, formats: Iterable[str] = ("coco",),
                         score_threshold: float = 0.0, classes: Iterable[str] | None = None) -> ResultFiles:

@@ -3,8 +3,10 @@ download, the same names and the same contents from both.
 
 For an image whose name has the stem ``S`` (:func:`file_stem`: letters, digits and ``._-``)::
 
-    S.overlay.png      the panoptic segments, or the instances (masks, boxes, labels), over the image
+    S.overlay.png      the panoptic segments, or the instances (masks, boxes, labels; filled boxes
+                       for a box-only model), over the image
     S.instances.json   COCO detection results: a list, one dict per detection, compressed RLE masks
+                       (no ``segmentation`` for a box-only model: Faster R-CNN, RetinaNet)
     S.panoptic.png     COCO panoptic PNG (id = R + 256 G + 256² B)      } models with a semantic
     S.panoptic.json    COCO panoptic document: images, annotations,    } head only
                        categories
@@ -14,6 +16,9 @@ and, when asked for (``formats=``, see :mod:`segfpn.formats`), with the detectio
 
     S.labelme.json  S.yolo.txt (+ yolo_data.yaml, the class names)  S.cvat.xml
     S.cutouts.zip  S.detections.csv  S.detections.parquet
+
+(polygons for a model with masks; for a box-only model LabelMe rectangles, YOLO detection labels,
+CVAT boxes and opaque box cut-outs: :mod:`segfpn.formats`)
 
 Coordinates are those of the image as given. The instances JSON is written last: its presence
 marks the image as done (``segfpn predict`` resumes from there). Every file appears whole or not
@@ -128,25 +133,31 @@ def write_exports(result: Result, image: np.ndarray, out_dir: str | os.PathLike,
     :func:`write_result` always writes it) for the detections with ``score >= score_threshold``
     of the classes in ``classes`` (None: every class; ValueError for a name the model lacks).
     ``tolerance``: polygon simplification in px (:mod:`segfpn.formats.polygons`). ``frame``:
-    the video frame index for the table. Returns {format: path}."""
+    the video frame index for the table. Returns {format: path}.
+
+    image: uint8 [H, W, 3], the image the result refers to; its size is the one the files give
+    (a box-only model's result has no masks to tell it). A model with masks gets polygons, a
+    box-only model boxes (see :mod:`segfpn.formats`)."""
     from segfpn.formats import cutouts, cvat, labelme, table, yolo
 
     formats = check_formats(formats)
     wanted = check_classes(result, classes)
+    image_size = tuple(int(v) for v in np.asarray(image).shape[:2])
+    if image_size != tuple(int(v) for v in result.image_size):
+        raise ValueError(f"the image is {image_size[1]}x{image_size[0]} but the result is of a "
+                         f"{result.image_size[1]}x{result.image_size[0]} image")
     keep = select_instances(result.instances, score_threshold=score_threshold, classes=wanted)
     paths = {f: export_path(out_dir, image_name, f) for f in formats}
     name = str(Path(str(image_name)).name)
-    if result.instances.masks is None and {"labelme", "yolo", "cvat"} & set(formats):
-        raise ValueError("this model predicts boxes only: labelme, yolo and cvat need masks; "
-                         "choose cutouts, csv or parquet")
+    shapes = {"image_size": image_size, "tolerance": tolerance}
     if "labelme" in formats:
-        labelme.write_labelme(paths["labelme"], result.instances, keep, image_name=name, tolerance=tolerance)
+        labelme.write_labelme(paths["labelme"], result.instances, keep, image_name=name, **shapes)
     if "yolo" in formats:
-        yolo.write_yolo(paths["yolo"], result.instances, keep, tolerance=tolerance)
+        yolo.write_yolo(paths["yolo"], result.instances, keep, **shapes)
         names = yolo.data_yaml(result.instances.class_names).encode("utf-8")
         paths["yolo_names"] = write_atomic(Path(out_dir) / YOLO_NAMES, lambda f: f.write(names))
     if "cvat" in formats:
-        cvat.write_cvat(paths["cvat"], result.instances, keep, image_name=name, tolerance=tolerance)
+        cvat.write_cvat(paths["cvat"], result.instances, keep, image_name=name, **shapes)
     if "cutouts" in formats:
         cutouts.write_cutouts(paths["cutouts"], image, result.instances, keep, panoptic=result.panoptic,
                               segments=select_segments(result, score_threshold=score_threshold, classes=wanted))

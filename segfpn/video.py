@@ -395,8 +395,14 @@ def predict_video(predictor, video: str | os.PathLike, out_dir: str | os.PathLik
     info = probe_video(video, max_side=max_side)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = video_files(out_dir, video.name)
-    options = {"every": every, "overlay": overlay, "weights": str(getattr(predictor, "source", "")),
-               "box_head": dataclasses.asdict(predictor.config.box_head) if hasattr(predictor, "config") else None}
+    options = {"every": every, "overlay": overlay, "weights": str(getattr(predictor, "source", ""))}
+    # The detection thresholds change the results, so a run with others starts again; they are in
+    # box_head (two-stage models) or retina_head (RetinaNet).
+    config = getattr(predictor, "config", None)
+    if config is None:
+        options["box_head"] = None
+    else:
+        options[config.detection_head] = dataclasses.asdict(getattr(config, config.detection_head))
     identity = _identity(video, info, options)
     if files.results.exists() and files.video.exists():
         try:

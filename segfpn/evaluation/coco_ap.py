@@ -109,11 +109,18 @@ def coco_box_and_mask_ap(gt: str | os.PathLike | Mapping | COCO,
     return {t: coco_ap(coco_gt, results, iou_type=t) for t in iou_types}
 
 
-def format_ap_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
-    """``{"bbox": {...}, "segm": {...}}`` as a text table (values x100, "-" for -1)."""
+def format_ap_table(metrics: Mapping[str, Mapping[str, float] | None], *,
+                    reasons: Mapping[str, str] | None = None) -> str:
+    """``{"bbox": {...}, "segm": {...}}`` as a text table (values x100, "-" for -1); a type whose
+    metrics are None (mask AP of a box-only model) is a row saying it does not apply, and why
+    (``reasons[iou_type]``)."""
     header = f"{'':6s}|" + "".join(f" {name:>6s}" for name in COCO_METRIC_NAMES)
     lines = [header, "-" * len(header)]
     for iou_type, values in metrics.items():
+        if values is None:
+            reason = (reasons or {}).get(iou_type)
+            lines.append(f"{iou_type:6s}| not applicable" + (f": {reason}" if reason else ""))
+            continue
         cells = "".join(f" {100 * values[n]:6.2f}" if values[n] >= 0 else f" {'-':>6s}"
                         for n in COCO_METRIC_NAMES)
         lines.append(f"{iou_type:6s}|{cells}")

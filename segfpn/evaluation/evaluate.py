@@ -13,9 +13,15 @@ Files in ``out_dir``::
     metrics.json                  {"num_images", "bbox", "segm", "panoptic", "by_level"}
 
 ``by_level=True`` (``segfpn eval --by-level``) adds COCO AP and AR per FPN level
-(:mod:`segfpn.evaluation.by_level`: detections by the level their RoI was pooled from, ground
-truth by the level its box maps to under the model's rule in network pixels) and writes each
-detection's ``level`` into the results file.
+(:mod:`segfpn.evaluation.by_level`: detections by the level their RoI was pooled from, or for
+RetinaNet the level of the anchor that produced them; ground truth by the level its box maps to
+under the model's rule in network pixels) and writes each detection's ``level`` into the results
+file.
+
+A metric the model cannot have is ``null`` in metrics.json, with the reason under
+``"not_applicable"``: mask AP (``"segm"``) for a box-only model (Faster R-CNN, RetinaNet), PQ
+(``"panoptic"``) for a model without a semantic head when instances are scored too (asked for
+alone, it is an error: there would be nothing to score).
 """
 
 from __future__ import annotations
@@ -62,8 +68,8 @@ def evaluate(predictor: SupportsPredict, *, images_dir: str | os.PathLike,
     images_dir: folder holding the images' ``file_name``.
     instances_json: COCO instances ground truth -> box and mask AP of ``result.instances``.
     panoptic_json / panoptic_dir: COCO panoptic ground truth (JSON, PNG folder; the folder defaults
-    to the JSON path without ``.json``) -> PQ of ``result.panoptic``, which the predictor must
-    then return (a model with a semantic head).
+    to the JSON path without ``.json``) -> PQ of ``result.panoptic`` (a model with a semantic
+    head; for one without, PQ is not applicable, and a ValueError when it is all that was asked).
     The images evaluated are those of the given annotation files (their union).
     by_level: also COCO AP and AR per FPN level (needs ``instances_json`` and a predictor with a
     ``config``, whose level rule maps the ground truth: :func:`~segfpn.evaluation.by_level.level_rule`).
@@ -71,8 +77,10 @@ def evaluate(predictor: SupportsPredict, *, images_dir: str | os.PathLike,
     Returns the metrics, also written to ``out_dir/metrics.json``: ``{"num_images",
     "bbox": {AP, AP50, ...}, "segm": {...}, "panoptic": {"All", "Things", "Stuff", "per_class"},
     "by_level": {"rule": {...}, "bbox": {"p2": {AP, AP50, AP75, AR1, AR10, AR100, num_gt,
-    num_detections}, ...}, "segm": {...}}}`` (keys present for the ground truths given; fractions
-    in [0, 1]).
+    num_detections}, ...}, "segm": {...}}, "not_applicable": {"segm": reason, "panoptic": reason}}``
+    (keys present for the ground truths given; fractions in [0, 1]; ``"segm"`` is None for a
+    box-only model and ``"panoptic"`` for one without a semantic head, each with its reason under
+    ``"not_applicable"``).
     """
     if instances_json is None and panoptic_json is None:
         raise ValueError("nothing to evaluate: pass instances_json and/or panoptic_json")
@@ -84,6 +92,9 @@ def evaluate(predictor: SupportsPredict, *, images_dir: str | os.PathLike,
             raise ValueError("by_level needs a predictor with a config (segfpn.load's): its level rule maps the "
                              "ground truth to levels")
         rule = level_rule(predictor.config)
+    config = getattr(predictor, "config", None)
+    if panoptic_json is not None and instances_json is None and config is not None and config.semantic_head is None:
+        raise ValueError(_NO_PANOPTIC_ALONE)  # known before any image is predicted
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder {images_dir} does not exist")
@@ -100,9 +111,9 @@ def evaluate(predictor: SupportsPredict, *, images_dir: str | os.PathLike,
     if panoptic_gt is not None:
         panoptic_by_image = {ann["image_id"]: ann for ann in panoptic_gt["annotations"]}
         pq = PanopticQuality(panoptic_gt["categories"])
-        (out_dir / PANOPTIC_PNG_DIR).mkdir(exist_ok=True)
     panoptic_annotations = []
     sizes = {}  # image id -> (image size, network input size), for the ground truth's levels
+    not_applicable: dict[str, str] = {}  # metric -> why the model cannot have it
 
     with _JsonListWriter(out_dir / DETECTIONS_FILE, enabled=coco_gt is not None) as detections:
         for image in tqdm(images, desc="eval", unit="img", disable=not progress):
@@ -113,7 +124,17 @@ def evaluate(predictor: SupportsPredict, *, images_dir: str | os.PathLike,
             result = predictor.predict(str(path))
             if image is images[0]:
                 check_categories(result, coco_gt.dataset.get("categories", []) if coco_gt is not None else [],
-                                 panoptic_gt["categories"] if panoptic_gt is not None else [])
+                                 panoptic_gt["categories"] if panoptic_gt is not None and result.panoptic else [])
+                # What the model gives (its first result tells, whatever the predictor is).
+                if result.instances.masks is None:
+                    not_applicable["segm"] = NO_MASKS
+                if pq is not None and result.panoptic is None:
+                    if coco_gt is None:
+                        raise ValueError(_NO_PANOPTIC_ALONE)
+                    not_applicable["panoptic"] = NO_SEMANTIC_HEAD
+                    pq, panoptic_by_image = None, {}
+                if pq is not None:
+                    (out_dir / PANOPTIC_PNG_DIR).mkdir(exist_ok=True)
             _check_image_size(result, image, path)
             if image["id"] in instance_image_ids:
                 entries = instances_to_coco_results(result.instances, image["id"])
@@ -141,11 +162,12 @@ def evaluate(predictor: SupportsPredict, *, images_dir: str | os.PathLike,
     metrics: dict[str, Any] = {"num_images": len(images)}
     if coco_gt is not None:
         for iou_type in ("bbox", "segm"):
-            metrics[iou_type] = coco_ap(coco_gt, out_dir / DETECTIONS_FILE, iou_type=iou_type)
+            metrics[iou_type] = (None if iou_type in not_applicable
+                                 else coco_ap(coco_gt, out_dir / DETECTIONS_FILE, iou_type=iou_type))
     if by_level:
         results = _read_json(out_dir / DETECTIONS_FILE, what="detection results")
-        with_masks = bool(results) and all("segmentation" in r for r in results)
-        metrics["by_level"] = {"rule": rule_description(rule)}
+        with_masks = "segm" not in not_applicable and bool(results) and all("segmentation" in r for r in results)
+        metrics["by_level"] = {"rule": {**rule_description(rule), "detection_level": _detection_level(predictor)}}
         for iou_type in ("bbox", "segm") if with_masks else ("bbox",):
             metrics["by_level"][iou_type] = coco_ap_by_level(coco_gt, results, sizes=sizes, rule=rule,
                                                              iou_type=iou_type)
@@ -153,6 +175,11 @@ def evaluate(predictor: SupportsPredict, *, images_dir: str | os.PathLike,
         write_json(out_dir / PANOPTIC_JSON_FILE, {"annotations": panoptic_annotations,
                                                    "categories": panoptic_gt["categories"]})
         metrics["panoptic"] = pq.summarize()
+    elif "panoptic" in not_applicable:
+        metrics["panoptic"] = None
+    not_applicable = {k: v for k, v in not_applicable.items() if k in metrics}
+    if not_applicable:
+        metrics["not_applicable"] = not_applicable
     write_json(out_dir / METRICS_FILE, metrics, indent=1)
     logger.info("evaluated %d images; predictions and %s in %s", len(images), METRICS_FILE, out_dir)
     return metrics
@@ -196,11 +223,16 @@ def evaluate_files(*, instances_json: str | os.PathLike | None = None,
         coco_gt = load_coco_gt(instances_json)
         metrics["num_images"] = len(coco_gt.getImgIds())
         results = _read_json(detections, what="detection results")
-        with_masks = all("segmentation" in r for r in results)
-        if not with_masks:
+        without = sum("segmentation" not in r for r in results) if isinstance(results, list) else 0
+        metrics["bbox"] = coco_ap(coco_gt, results, iou_type="bbox")
+        if without:
             logger.info("%s has results without 'segmentation': box AP only", detections)
-        for iou_type in ("bbox", "segm") if with_masks else ("bbox",):
-            metrics[iou_type] = coco_ap(coco_gt, results, iou_type=iou_type)
+            metrics["segm"] = None
+            metrics.setdefault("not_applicable", {})["segm"] = (
+                f"{without} of the {len(results)} detection results have no 'segmentation' (a box-only model's "
+                "results): mask AP needs masks")
+        else:
+            metrics["segm"] = coco_ap(coco_gt, results, iou_type="segm")
     if panoptic_json is not None:
         gt, gt_dir = _load_panoptic_gt(panoptic_json, panoptic_dir)
         metrics.setdefault("num_images", len(gt["annotations"]))
@@ -213,19 +245,39 @@ def evaluate_files(*, instances_json: str | os.PathLike | None = None,
 
 
 def format_metrics(metrics: Mapping) -> str:
-    """The metrics of :func:`evaluate` as text tables (values x100)."""
+    """The metrics of :func:`evaluate` as text tables (values x100); a metric that does not apply
+    to the model is named with the reason."""
     parts = []
+    reasons = metrics.get("not_applicable", {})
     ap = {t: metrics[t] for t in ("bbox", "segm") if t in metrics}
     if ap:
-        parts.append(format_ap_table(ap))
-    if "panoptic" in metrics:
+        parts.append(format_ap_table(ap, reasons=reasons))
+    if metrics.get("panoptic") is not None:
         parts.append(format_pq_table(metrics["panoptic"]))
+    elif "panoptic" in metrics:
+        parts.append(f"PQ: not applicable: {reasons.get('panoptic', 'no panoptic segmentation')}")
     if "by_level" in metrics:
         rule = metrics["by_level"].get("rule", {})
-        parts.append(f"by FPN level (detections: the level their RoI was pooled from; ground truth: "
-                     f"k = floor({rule.get('canonical_level')} + log2(sqrt(wh) / {rule.get('canonical_size')})) "
+        detections = rule.get("detection_level", "the level their RoI was pooled from")
+        parts.append(f"by FPN level (detections: {detections}; ground truth: "
+                     f"k = floor({rule.get('canonical_level')} + log2(sqrt(wh) / {rule.get('canonical_size'):g})) "
                      f"in network pixels)\n" + format_by_level_table(metrics["by_level"]))
     return "\n\n".join(parts)
+
+
+#: Why a model gives no mask AP, and no PQ (metrics.json's "not_applicable").
+NO_MASKS = "the model predicts boxes only (Faster R-CNN, RetinaNet): there are no masks to score"
+NO_SEMANTIC_HEAD = "the model has no semantic head (Panoptic FPN has one): there is no panoptic segmentation to score"
+_NO_PANOPTIC_ALONE = (f"panoptic quality was asked for alone, but {NO_SEMANTIC_HEAD}. Use a Panoptic FPN "
+                      "checkpoint, or give instances ground truth for box (and mask) AP")
+
+
+def _detection_level(predictor) -> str:
+    """What a detection's level is for ``predictor``'s model, in words."""
+    config = getattr(predictor, "config", None)
+    if config is not None and config.detector == "retinanet":
+        return "the level of the anchor that produced them"
+    return "the level their RoI was pooled from"
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -286,6 +338,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
         import segfpn  # the model stack loads only when a model is evaluated
 
         predictor = segfpn.load(args.weights, device=args.device, precision=args.precision)
+        if args.panoptic and not args.instances and getattr(predictor, "config", None) is not None \
+                and predictor.config.semantic_head is None:
+            return _usage_error(f"--panoptic: {_NO_PANOPTIC_ALONE}")
         metrics = evaluate(predictor, images_dir=args.images, instances_json=args.instances,
                            panoptic_json=args.panoptic, panoptic_dir=args.panoptic_dir,
                            out_dir=args.out, progress=not args.no_progress, by_level=args.by_level)

@@ -6,6 +6,8 @@
 
 The crop of an instance is its box's whole pixels (corners rounded) joined with its mask's
 pixels; of a segment, the box of its pixels. Masks are used as crops: no full-image mask is made.
+A box-only model (Faster R-CNN, RetinaNet) has no masks: each cut-out is its box's pixels (corners
+rounded, clipped to the image, at least one pixel), fully opaque, and there are no segments.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from PIL import Image
 
 from segfpn.atomic_files import write_atomic
 from segfpn.export import segment_bboxes_and_areas
+from segfpn.formats import boxes_in_image
 from segfpn.structures import Instances, PanopticSegmentation, Segment
 
 
@@ -37,13 +40,14 @@ def _png(rgba: np.ndarray) -> bytes:
 def instance_cutout(image: np.ndarray, instances: Instances, index: int) -> tuple[np.ndarray, tuple[int, int]]:
     """(RGBA uint8 [h, w, 4], (x0, y0) of its corner in the image) of detection ``index``."""
     h, w = image.shape[:2]
-    x0, y0, x1, y1 = np.round(np.asarray(instances.boxes[index], dtype=np.float64)).astype(np.int64).tolist()
+    x0, y0, x1, y1 = np.round(boxes_in_image(instances.boxes[index], (h, w))[0]).astype(np.int64).tolist()
     bounds = instances.masks.bounds(index) if instances.masks is not None else None
     if bounds is not None:  # a mask pasted past its rounded box still comes out whole
         y0, y1 = min(y0, bounds[0].start), max(y1, bounds[0].stop)
         x0, x1 = min(x0, bounds[1].start), max(x1, bounds[1].stop)
-    x0, x1, y0, y1 = max(x0, 0), min(max(x1, x0 + 1), w), max(y0, 0), min(max(y1, y0 + 1), h)
+    # At least one pixel, inside the image: a flat box, or one on the far edge, keeps its edge pixel.
     x0, y0 = min(x0, w - 1), min(y0, h - 1)
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
     rgba = np.zeros((y1 - y0, x1 - x0, 4), np.uint8)
     rgba[..., :3] = image[y0:y1, x0:x1]
     if instances.masks is None:

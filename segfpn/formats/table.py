@@ -2,8 +2,10 @@
 
 Columns: ``image`` (file name), ``frame`` (video frame index, empty for an image), ``instance``
 (index in the result, score order), ``class``, ``category_id``, ``score``, ``x0, y0, x1, y1``
-(box, xyxy in image pixels), ``area`` (mask pixels; box area for a box-only model), ``level``
-(the pyramid level of the detection's RoI, 2..5). Parquet needs ``pyarrow``.
+(box, xyxy in image pixels, as the model gives it), ``area`` (mask pixels; for a box-only model,
+Faster R-CNN or RetinaNet, the box's area), ``level`` (the pyramid level of the detection: of its
+RoI, 2..5, for two-stage models; of the anchor that produced it, 3..7, for RetinaNet). Parquet
+needs ``pyarrow``.
 """
 
 from __future__ import annotations

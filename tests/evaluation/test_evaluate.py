@@ -156,13 +156,18 @@ def test_evaluate_reproduces_panopticapi_on_its_prediction(coco_mini, panopticap
 
 def test_panoptic_asked_of_an_instance_only_model_is_a_clear_error(coco_mini, gt_paths, tmp_path):
     predictor = AnnotationPredictor(coco_mini)  # result.panoptic is None
-    with pytest.raises(ValueError, match="returned no panoptic segmentation") as info:
-        evaluate(predictor, **gt_paths, out_dir=tmp_path, progress=False)
+    panoptic_only = {k: v for k, v in gt_paths.items() if k != "instances_json"}
+    with pytest.raises(ValueError, match="panoptic quality was asked for alone") as info:
+        evaluate(predictor, **panoptic_only, out_dir=tmp_path, progress=False)
     assert "semantic head" in str(info.value)
     # Nothing half-written is left behind.
     assert not (tmp_path / "coco_instances_results.json").exists()
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
     assert not (tmp_path / "metrics.json").exists()
+    # With instances to score too, the AP is given and PQ said not to apply.
+    metrics = evaluate(predictor, **gt_paths, out_dir=tmp_path, progress=False)
+    assert metrics["segm"]["AP"] == pytest.approx(1.0) and metrics["panoptic"] is None
+    assert "semantic head" in metrics["not_applicable"]["panoptic"] and "segm" not in metrics["not_applicable"]
 
 
 def test_instance_only_evaluation_needs_no_panoptic(coco_mini, gt_paths, tmp_path):

@@ -63,7 +63,7 @@ def test_table_rows_match_the_detections(tmp_path, prediction, fmt):
         assert row["area"] == areas[i] and row["level"] == int(inst.levels[i])
 
 
-def test_box_only_results_get_tables_and_cutouts_but_no_polygons(tmp_path):
+def test_box_only_results_get_tables_and_box_cutouts(tmp_path):
     rgb = load_rgb("coffee.png")
     instances = Instances(boxes=np.array([[10, 20, 110, 90]], np.float32), scores=np.array([0.9], np.float32),
                           labels=np.zeros(1, np.int64), class_names=["cup"], category_ids=[47], masks=None,
@@ -72,6 +72,6 @@ def test_box_only_results_get_tables_and_cutouts_but_no_polygons(tmp_path):
                                       instances=instances)
     files = write_result(result, rgb, tmp_path, image_name="coffee.png", formats=["csv", "cutouts"])
     assert table.read_table(files.exports["csv"])[0]["area"] == 100 * 70
-    assert cutouts.read_cutouts(files.exports["cutouts"])["instances/001_cup_0.90.png"].shape == (70, 100, 4)
-    with pytest.raises(ValueError, match="boxes only"):
-        write_result(result, rgb, tmp_path, image_name="coffee.png", formats=["yolo"])
+    cutout = cutouts.read_cutouts(files.exports["cutouts"])["instances/001_cup_0.90.png"]
+    assert cutout.shape == (70, 100, 4) and (cutout[..., 3] == 255).all()
+    np.testing.assert_array_equal(cutout[..., :3], rgb[20:90, 10:110])

@@ -68,7 +68,7 @@ def test_labelme_keeps_holes_as_background_shapes_of_the_instance(tmp_path):
     cv2.circle(mask.view(np.uint8), (80, 60), 20, 0, -1)                   # the hole
     cv2.rectangle(mask.view(np.uint8), (76, 56), (84, 64), 1, -1)          # a part inside the hole
     instances = random_instances([mask])
-    doc = labelme.labelme_document(instances, np.arange(1), image_name="donut.png")
+    doc = labelme.labelme_document(instances, np.arange(1), image_name="donut.png", image_size=mask.shape)
     labels = [s["label"] for s in doc["shapes"]]
     assert labels == ["a", HOLE_LABEL, "a"] and {s["group_id"] for s in doc["shapes"]} == {1}
     assert not labelme_shape_to_mask(mask.shape, doc["shapes"])[60, 70]     # inside the hole
@@ -108,10 +108,12 @@ def test_random_masks_round_trip(tmp_path):
             continue
         instances = random_instances(masks)
         keep = np.arange(len(masks))
-        _, from_labelme = labelme.read_labelme(labelme.labelme_document(instances, keep, image_name="x.png"))
-        cvat.write_cvat(tmp_path / "x.xml", instances, keep, image_name="x.png")
+        _, from_labelme = labelme.read_labelme(labelme.labelme_document(instances, keep, image_name="x.png",
+                                                                         image_size=(h, w)))
+        cvat.write_cvat(tmp_path / "x.xml", instances, keep, image_name="x.png", image_size=(h, w))
         _, from_cvat = cvat.read_cvat(tmp_path / "x.xml")
-        _, from_yolo = yolo.read_yolo("".join(line + "\n" for line in yolo.yolo_lines(instances, keep)), (h, w))
+        lines = yolo.yolo_lines(instances, keep, image_size=(h, w))
+        _, from_yolo = yolo.read_yolo("".join(line + "\n" for line in lines), (h, w))
         for k, mask in enumerate(masks):
             where = (trial, k, h, w)
             assert iou(from_labelme[k], mask) >= MIN_IOU, where
@@ -130,10 +132,11 @@ def test_unsimplified_tracing_is_exact_and_simplification_cuts_vertices(predicti
     _, _, result = predictions[1]
     crop = result.instances.masks.crops[0]
     _, exact = labelme.read_labelme(labelme.labelme_document(result.instances, np.arange(1), image_name="x",
-                                                             tolerance=0))
+                                                             image_size=result.image_size, tolerance=0))
     assert np.array_equal(exact[0], result.instances.masks[0])
     traced = sum(len(p.outer) for p in trace(crop))
-    doc = labelme.labelme_document(result.instances, np.arange(1), image_name="x", tolerance=TOLERANCE)
+    doc = labelme.labelme_document(result.instances, np.arange(1), image_name="x", image_size=result.image_size,
+                                   tolerance=TOLERANCE)
     assert sum(len(s["points"]) for s in doc["shapes"]) < traced
 
 
@@ -144,7 +147,7 @@ def test_yolo_coordinates_land_on_the_same_pixel_truncated_or_rounded():
         mask = np.zeros((h, w), bool)
         y, x = int(rng.integers(0, h - 3)), int(rng.integers(0, w - 3))
         mask[y:y + 3, x:x + 3] = True
-        line = yolo.yolo_lines(random_instances([mask]), np.arange(1))[0]
+        line = yolo.yolo_lines(random_instances([mask]), np.arange(1), image_size=(h, w))[0]
         xy = np.asarray([float(v) for v in line.split()[1:]]).reshape(-1, 2) * [w, h]
         assert np.array_equal(xy.astype(int), np.round(xy).astype(int))
         assert set(map(tuple, xy.astype(int))) <= {(x + i, y + j) for i in range(3) for j in range(3)}
@@ -176,7 +179,7 @@ def test_cvat_document_declares_labels_and_groups_parts(tmp_path):
     two_parts = np.zeros((60, 90), bool)
     two_parts[5:20, 5:20] = two_parts[30:50, 50:80] = True
     cvat.write_cvat(tmp_path / "a.xml", random_instances([two_parts, random_mask(rng, 60, 90, 1)]), np.arange(2),
-                    image_name="a.png")
+                    image_name="a.png", image_size=(60, 90))
     import xml.etree.ElementTree as ET
 
     root = ET.parse(tmp_path / "a.xml").getroot()
