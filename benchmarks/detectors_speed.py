@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from maskrcnn_speed import (DEFAULT_IMAGES, PARITY, ROOT, Worker, cache_dir, load_images,  # noqa: E402
+from maskrcnn_speed import (DEFAULT_IMAGES, PARITY, Worker, cache_dir, load_images,  # noqa: E402
                             peak_rss_mb, reset_peak_rss)
 
 from segfpn.evaluation.agreement import compare_detections  # noqa: E402
@@ -178,11 +178,13 @@ def print_row(f: dict) -> None:
     p = f["parity"]
     total, matched = sum(x["detections"] for x in p), sum(x["matched"] for x in p)
     status = "PASS" if all(x["ok"] for x in p) else "FAIL"
+    min_box_iou = min(x["min_box_iou"] or 1 for x in p)
+    max_score_diff = max(x["max_score_diff"] or 0 for x in p)
+    levels = ",".join(f"p{v}" for v in f["levels"])
     print(f"{f['model']:28} {f['torchvision_s']:>9.3f} {f['segfpn_s']:>9.3f} {f['speedup']:>8.2f}x "
           f"{f['paired_speedup']:>8.2f}x {f['memory']['torchvision']['peak_rss_mb']:>7.0f} "
           f"{f['memory']['segfpn']['peak_rss_mb']:>7.0f}   {matched}/{total} matched, min box IoU "
-          f"{min(x['min_box_iou'] or 1 for x in p):.4f}, max score diff {max(x['max_score_diff'] or 0 for x in p):.1e}, "
-          f"levels {','.join(f'p{v}' for v in f['levels'])} -> {status}")
+          f"{min_box_iou:.4f}, max score diff {max_score_diff:.1e}, levels {levels} -> {status}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             figures.append(run_model(model, weights, images_file, len(names), args, workdir))
     print(f"\nimages: {', '.join(names)} (centre-cropped, {args.size}x{args.size}); threads: {args.threads}; "
           f"{args.repeats} timed run(s) per image after {args.warmup} warm-up round(s), medians; CPU")
-    print(f"{'model':28} {'tv (s)':>9} {'segfpn':>9} {'speed-up':>9} {'paired':>9} {'tv MiB':>7} {'ours MiB':>7}   parity")
+    print(f"{'model':28} {'tv (s)':>9} {'segfpn':>9} {'speed-up':>9} {'paired':>9} "
+          f"{'tv MiB':>7} {'ours MiB':>7}   parity")
     for f in figures:
         print_row(f)
     if args.json:

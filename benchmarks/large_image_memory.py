@@ -95,8 +95,8 @@ def run_app(weights: Path, image: Path) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--device", "cpu", "--weights", str(weights)],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    command = [sys.executable, "app.py", "--port", str(port), "--device", "cpu", "--weights", str(weights)]
+    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env={**os.environ, "SEGFPN_OFFLINE": "1"})
     try:
         deadline = time.time() + 180
@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="segfpn-large-") as tmp:
         workdir = Path(tmp)
         image = make_photo((width, height), workdir / f"photo_{width}x{height}.jpg")
-        print(f"photo: {image.name}, {image.stat().st_size / 1e6:.1f} MB JPEG; every detection kept (score threshold 0)")
+        print(f"photo: {image.name}, {image.stat().st_size / 1e6:.1f} MB JPEG; "
+              "every detection kept (score threshold 0)")
         for name in args.models.split(","):
             weights = checkpoint(name, workdir)
             # Each CLI case in a fresh interpreter, so that RUSAGE_CHILDREN is this child's alone.

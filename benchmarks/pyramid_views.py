@@ -92,14 +92,15 @@ def bench(name: str, runs: int) -> None:
 
     stages = ", ".join(f"{k} {1000 * v:.0f}" for k, v in result.timings.items())
     heads = ", ".join(f"{k} {1000 * v:.0f}" for k, v in forced.timings.items())
-    print(f"\n{name}: {PHOTO.name} at {result.input_size[1]}x{result.input_size[0]}, {len(result.instances)} detections, "
+    height, width = result.input_size
+    print(f"\n{name}: {PHOTO.name} at {width}x{height}, {len(result.instances)} detections, "
           f"{torch.get_num_threads()} threads, medians of {runs} interleaved runs")
     print(f"  predict (full run)            {1000 * median['predict']:7.0f} ms   (last run: {stages} ms)")
     print(f"  inspect (the run, kept)       {1000 * median['inspect']:7.0f} ms")
     print(f"  what_if(level=3)              {1000 * median['forced']:7.0f} ms   {100 * median['ratio_forced']:5.1f} % "
           f"of predict (goal < 40 %; last run: {heads} ms; {forced.counts})")
-    print(f"  what_if(canonical_size=112)   {1000 * median['smaller']:7.0f} ms   {100 * median['ratio_smaller']:5.1f} % "
-          f"of predict ({smaller.counts})")
+    print(f"  what_if(canonical_size=112)   {1000 * median['smaller']:7.0f} ms   "
+          f"{100 * median['ratio_smaller']:5.1f} % of predict ({smaller.counts})")
     print(f"  explain(i), first call        {1000 * first_explain:7.0f} ms   (runs the box head once more to find "
           "every detection's proposal)")
     print(f"  explain(i), next calls        {1000 * explain:7.1f} ms   (mean of {count - 1})")

@@ -73,9 +73,9 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
 def _opener(sockets: SocketWatch) -> urllib.request.OpenerDirector:
     """http(s) only: no file, ftp or data handlers at all, proxies from the environment."""
     opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), ReportingHTTPHandler(sockets.add), ReportingHTTPSHandler(sockets.add),
-                    _RedirectHandler(), urllib.request.HTTPDefaultErrorHandler(),
-                    urllib.request.HTTPErrorProcessor()):
+    for handler in (urllib.request.ProxyHandler(), ReportingHTTPHandler(sockets.add),
+                    ReportingHTTPSHandler(sockets.add), _RedirectHandler(),
+                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
         opener.add_handler(handler)
     return opener
 

@@ -80,7 +80,8 @@ def test_every_model_field_refuses_values_of_the_wrong_kind(name, hint):
 
 
 def test_the_reported_override_is_refused_and_says_what_is_allowed():
-    with pytest.raises(ConfigError, match=r"box_head\.background_index must be one of \['first', 'last'\], got 'middle'"):
+    with pytest.raises(ConfigError,
+                       match=r"box_head\.background_index must be one of \['first', 'last'\], got 'middle'"):
         ModelConfig().with_overrides({"box_head": {"background_index": "middle"}})
     with pytest.raises(ConfigError, match=r"unknown field overrides\.box_head\.score"):
         ModelConfig().with_overrides({"box_head": {"score": 0.3}})

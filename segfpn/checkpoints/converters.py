@@ -13,7 +13,8 @@ import re
 
 import torch
 
-from segfpn.categories import CategorySet, coco_instance_categories, coco_panoptic_category_set, torchvision_category_set
+from segfpn.categories import (CategorySet, coco_instance_categories, coco_panoptic_category_set,
+                               torchvision_category_set)
 from segfpn.checkpoints.errors import CheckpointError
 from segfpn.config import (ModelConfig, SemanticHeadConfig, detectron2_faster_rcnn, detectron2_mask_rcnn,
                            detectron2_panoptic_fpn, detectron2_retinanet, torchvision_faster_rcnn_v1,
@@ -24,10 +25,14 @@ from segfpn.config import (ModelConfig, SemanticHeadConfig, detectron2_faster_rc
 _TORCHVISION_RESNET_RULES = [
     (r"^backbone\.body\.conv1\.weight$", r"backbone.stem.conv.weight"),
     (r"^backbone\.body\.bn1\.(.+)$", r"backbone.stem.norm.\1"),
-    (r"^backbone\.body\.layer(\d)\.(\d+)\.conv(\d)\.weight$", lambda m: f"backbone.stages.c{int(m[1]) + 1}.{m[2]}.conv{m[3]}.conv.weight"),
-    (r"^backbone\.body\.layer(\d)\.(\d+)\.bn(\d)\.(.+)$", lambda m: f"backbone.stages.c{int(m[1]) + 1}.{m[2]}.conv{m[3]}.norm.{m[4]}"),
-    (r"^backbone\.body\.layer(\d)\.(\d+)\.downsample\.0\.weight$", lambda m: f"backbone.stages.c{int(m[1]) + 1}.{m[2]}.shortcut.conv.weight"),
-    (r"^backbone\.body\.layer(\d)\.(\d+)\.downsample\.1\.(.+)$", lambda m: f"backbone.stages.c{int(m[1]) + 1}.{m[2]}.shortcut.norm.{m[3]}"),
+    (r"^backbone\.body\.layer(\d)\.(\d+)\.conv(\d)\.weight$",
+     lambda m: f"backbone.stages.c{int(m[1]) + 1}.{m[2]}.conv{m[3]}.conv.weight"),
+    (r"^backbone\.body\.layer(\d)\.(\d+)\.bn(\d)\.(.+)$",
+     lambda m: f"backbone.stages.c{int(m[1]) + 1}.{m[2]}.conv{m[3]}.norm.{m[4]}"),
+    (r"^backbone\.body\.layer(\d)\.(\d+)\.downsample\.0\.weight$",
+     lambda m: f"backbone.stages.c{int(m[1]) + 1}.{m[2]}.shortcut.conv.weight"),
+    (r"^backbone\.body\.layer(\d)\.(\d+)\.downsample\.1\.(.+)$",
+     lambda m: f"backbone.stages.c{int(m[1]) + 1}.{m[2]}.shortcut.norm.{m[3]}"),
 ]
 
 
@@ -35,10 +40,14 @@ def _torchvision_fpn_rules(first_level: int) -> list:
     """torchvision numbers its FPN blocks from 0 at the finest input: c2 for the R-CNNs, c3 for
     RetinaNet. Current (``inner_blocks.0.0.weight``) and pre-0.13 (``inner_blocks.0.weight``) layouts."""
     return [
-        (r"^backbone\.fpn\.inner_blocks\.(\d)\.(?:0\.)?(weight|bias)$", lambda m: f"fpn.lateral.p{int(m[1]) + first_level}.conv.{m[2]}"),
-        (r"^backbone\.fpn\.inner_blocks\.(\d)\.1\.(.+)$", lambda m: f"fpn.lateral.p{int(m[1]) + first_level}.norm.{m[2]}"),
-        (r"^backbone\.fpn\.layer_blocks\.(\d)\.(?:0\.)?(weight|bias)$", lambda m: f"fpn.output.p{int(m[1]) + first_level}.conv.{m[2]}"),
-        (r"^backbone\.fpn\.layer_blocks\.(\d)\.1\.(.+)$", lambda m: f"fpn.output.p{int(m[1]) + first_level}.norm.{m[2]}"),
+        (r"^backbone\.fpn\.inner_blocks\.(\d)\.(?:0\.)?(weight|bias)$",
+         lambda m: f"fpn.lateral.p{int(m[1]) + first_level}.conv.{m[2]}"),
+        (r"^backbone\.fpn\.inner_blocks\.(\d)\.1\.(.+)$",
+         lambda m: f"fpn.lateral.p{int(m[1]) + first_level}.norm.{m[2]}"),
+        (r"^backbone\.fpn\.layer_blocks\.(\d)\.(?:0\.)?(weight|bias)$",
+         lambda m: f"fpn.output.p{int(m[1]) + first_level}.conv.{m[2]}"),
+        (r"^backbone\.fpn\.layer_blocks\.(\d)\.1\.(.+)$",
+         lambda m: f"fpn.output.p{int(m[1]) + first_level}.norm.{m[2]}"),
     ]
 
 
@@ -69,9 +78,12 @@ _SUBNET = {"classification": "cls_subnet", "regression": "bbox_subnet"}
 #: the COCO_V1 file may have either.
 TORCHVISION_RETINANET_RULES = _TORCHVISION_RESNET_RULES + _torchvision_fpn_rules(3) + [
     (r"^backbone\.fpn\.extra_blocks\.(p6|p7)\.(weight|bias)$", r"fpn.top_block.\1.\2"),
-    (rf"^head\.{_TV_SUBNETS}_head\.conv\.(\d)\.0\.(weight|bias)$", lambda m: f"head.{_SUBNET[m[1]]}.{m[2]}.conv.{m[3]}"),
-    (rf"^head\.{_TV_SUBNETS}_head\.conv\.(\d)\.1\.(.+)$", lambda m: f"head.{_SUBNET[m[1]]}.{m[2]}.norm.{m[3]}"),
-    (rf"^head\.{_TV_SUBNETS}_head\.conv\.(\d)\.(weight|bias)$", lambda m: f"head.{_SUBNET[m[1]]}.{int(m[2]) // 2}.conv.{m[3]}"),
+    (rf"^head\.{_TV_SUBNETS}_head\.conv\.(\d)\.0\.(weight|bias)$",
+     lambda m: f"head.{_SUBNET[m[1]]}.{m[2]}.conv.{m[3]}"),
+    (rf"^head\.{_TV_SUBNETS}_head\.conv\.(\d)\.1\.(.+)$",
+     lambda m: f"head.{_SUBNET[m[1]]}.{m[2]}.norm.{m[3]}"),
+    (rf"^head\.{_TV_SUBNETS}_head\.conv\.(\d)\.(weight|bias)$",
+     lambda m: f"head.{_SUBNET[m[1]]}.{int(m[2]) // 2}.conv.{m[3]}"),
     (r"^head\.classification_head\.cls_logits\.(weight|bias)$", r"head.cls_score.\1"),
     (r"^head\.regression_head\.bbox_reg\.(weight|bias)$", r"head.bbox_pred.\1"),
 ]
@@ -91,8 +103,10 @@ DETECTRON2_RULES = [
     (r"^roi_heads\.box_predictor\.(cls_score|bbox_pred)\.(.+)$", r"roi_heads.box_predictor.\1.\2"),
     (r"^roi_heads\.mask_head\.mask_fcn(\d)\.(.+)$", lambda m: f"roi_heads.mask_head.convs.{int(m[1]) - 1}.conv.{m[2]}"),
     (r"^roi_heads\.mask_head\.(deconv|predictor)\.(.+)$", r"roi_heads.mask_head.\1.\2"),
-    (r"^sem_seg_head\.(p\d)\.(\d+)\.norm\.(.+)$", lambda m: f"semantic_head.branches.{m[1]}.stages.{int(m[2]) // 2}.norm.{m[3]}"),
-    (r"^sem_seg_head\.(p\d)\.(\d+)\.(weight|bias)$", lambda m: f"semantic_head.branches.{m[1]}.stages.{int(m[2]) // 2}.conv.{m[3]}"),
+    (r"^sem_seg_head\.(p\d)\.(\d+)\.norm\.(.+)$",
+     lambda m: f"semantic_head.branches.{m[1]}.stages.{int(m[2]) // 2}.norm.{m[3]}"),
+    (r"^sem_seg_head\.(p\d)\.(\d+)\.(weight|bias)$",
+     lambda m: f"semantic_head.branches.{m[1]}.stages.{int(m[2]) // 2}.conv.{m[3]}"),
     (r"^sem_seg_head\.predictor\.(.+)$", r"semantic_head.predictor.\1"),
     # RetinaNet: subnets are Sequential(conv, ReLU, ...), so the convs sit at 0, 2, 4, 6.
     (r"^head\.(cls_subnet|bbox_subnet)\.(\d+)\.norm\.(.+)$", lambda m: f"head.{m[1]}.{int(m[2]) // 2}.norm.{m[3]}"),
@@ -116,7 +130,8 @@ TORCHVISION_PRESETS = {
                   "retinanet_resnet50_fpn_v2": torchvision_retinanet_v2},
 }
 DETECTRON2_PRESETS = {
-    "rcnn": {"mask_rcnn_R_50_FPN": lambda: detectron2_mask_rcnn(50), "mask_rcnn_R_101_FPN": lambda: detectron2_mask_rcnn(101),
+    "rcnn": {"mask_rcnn_R_50_FPN": lambda: detectron2_mask_rcnn(50),
+             "mask_rcnn_R_101_FPN": lambda: detectron2_mask_rcnn(101),
              "panoptic_fpn_R_50": lambda: detectron2_panoptic_fpn(50),
              "panoptic_fpn_R_101": lambda: detectron2_panoptic_fpn(101),
              "faster_rcnn_R_50_FPN": lambda: detectron2_faster_rcnn(50),
@@ -162,7 +177,8 @@ def looks_like_detectron2(state: dict) -> bool:
     return any(k.startswith("backbone.bottom_up.") for k in state)
 
 
-def _choose_preset(presets: dict[str, dict], kind: str, detected: str, arch: str | None, library: str) -> tuple[str, ModelConfig]:
+def _choose_preset(presets: dict[str, dict], kind: str, detected: str, arch: str | None,
+                   library: str) -> tuple[str, ModelConfig]:
     """(arch, its preset config): ``arch`` when given and of the file's kind, else ``detected``."""
     arch = arch or detected
     if arch not in presets[kind]:
@@ -239,7 +255,8 @@ def convert_detectron2(state: dict[str, torch.Tensor], *, arch: str | None = Non
     return ConvertedCheckpoint(renamed, config, categories, arch, "detectron2", unmapped)
 
 
-def infer_widths(config: ModelConfig, state: dict[str, torch.Tensor], *, top_block_ties: str | None = None) -> ModelConfig:
+def infer_widths(config: ModelConfig, state: dict[str, torch.Tensor], *,
+                 top_block_ties: str | None = None) -> ModelConfig:
     """Read channel widths, layer counts and class counts off the tensor shapes (keys in segfpn naming).
 
     Where RetinaNet's p6 conv reads from (p5 or c5) is read off its input width too; when p5
@@ -256,6 +273,10 @@ def infer_widths(config: ModelConfig, state: dict[str, torch.Tensor], *, top_blo
         while any(k.startswith(f"{prefix}{n}.") and k.endswith(suffix) for k in state):
             n += 1
         return n
+
+    def widths(prefix: str, weight: str) -> tuple[int, ...]:
+        """Output widths of the layers prefix.0, prefix.1, ... in a row (``weight``: the key under each)."""
+        return tuple(shape(f"{prefix}{i}.{weight}") for i in range(count(prefix)))
 
     changes = {}
     backbone = config.backbone
@@ -284,11 +305,11 @@ def infer_widths(config: ModelConfig, state: dict[str, torch.Tensor], *, top_blo
     cls = shape("roi_heads.box_predictor.cls_score.weight")
     if cls is not None:
         changes["num_classes"] = cls - 1
-    box_convs = tuple(shape(f"roi_heads.box_head.convs.{i}.conv.weight") for i in range(count("roi_heads.box_head.convs.")))
-    box_fcs = tuple(shape(f"roi_heads.box_head.fcs.{i}.weight") for i in range(count("roi_heads.box_head.fcs.")))
+    box_convs = widths("roi_heads.box_head.convs.", "conv.weight")
+    box_fcs = widths("roi_heads.box_head.fcs.", "weight")
     if box_fcs and config.box_head is not None:
         changes["box_head"] = dataclasses.replace(config.box_head, conv_channels=box_convs, fc_channels=box_fcs)
-    mask_convs = tuple(shape(f"roi_heads.mask_head.convs.{i}.conv.weight") for i in range(count("roi_heads.mask_head.convs.")))
+    mask_convs = widths("roi_heads.mask_head.convs.", "conv.weight")
     if mask_convs and config.mask_head is not None:
         changes["mask_head"] = dataclasses.replace(config.mask_head, conv_channels=mask_convs)
     semantic_classes = shape("semantic_head.predictor.weight")
@@ -310,7 +331,8 @@ def infer_widths(config: ModelConfig, state: dict[str, torch.Tensor], *, top_blo
 def _generic_categories(config: ModelConfig) -> CategorySet:
     from segfpn.categories import Category
 
-    things = tuple(Category(id=i + 1, name=f"class_{i}", isthing=True, color=(0, 0, 0)) for i in range(config.num_classes))
+    things = tuple(Category(id=i + 1, name=f"class_{i}", isthing=True, color=(0, 0, 0))
+                   for i in range(config.num_classes))
     stuff = ()
     if config.semantic_head is not None:
         stuff = tuple(Category(id=i, name=f"semantic_{i}", isthing=i == 0, color=(0, 0, 0))

@@ -246,7 +246,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             metadata = f.metadata() or {}
         return load_file(str(path)), metadata
     except Exception as exc:  # safetensors raises its own error types for a damaged file
-        raise CheckpointError(f"{path} looks like a safetensors file but cannot be read: {_one_line(str(exc))}") from exc
+        raise CheckpointError(f"{path} looks like a safetensors file but cannot be read: "
+                              f"{_one_line(str(exc))}") from exc
 
 
 def _torch_load(file: BinaryIO, path: Path):
@@ -274,7 +275,8 @@ def _tensor_dict(obj, path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def convert_state(state: dict[str, torch.Tensor], metadata: dict, *, arch: str | None, path: Path) -> ConvertedCheckpoint:
+def convert_state(state: dict[str, torch.Tensor], metadata: dict, *, arch: str | None,
+                  path: Path) -> ConvertedCheckpoint:
     if metadata.get("format") == NATIVE_FORMAT:
         config, categories, stored_arch = _read_native_metadata(metadata, path)
         if arch is not None and arch != stored_arch and arch in ARCHITECTURES:
@@ -372,7 +374,8 @@ def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, strict:
                               f"{converted.arch} model: {', '.join(converted.unmapped_keys[:_MAX_SHOWN])}")
     logger.info("loaded %s (%s, %s): %s", path, converted.arch, converted.source_format, report.summary())
     model.eval()
-    return LoadedCheckpoint(model, converted.config, converted.categories, converted.arch, converted.source_format, report)
+    return LoadedCheckpoint(model=model, config=converted.config, categories=converted.categories,
+                            arch=converted.arch, source_format=converted.source_format, report=report)
 
 
 def save_native(path: str | os.PathLike, model: Detector, categories: CategorySet, *, arch: str) -> Path:

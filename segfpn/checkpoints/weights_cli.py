@@ -101,8 +101,9 @@ def _list(args: argparse.Namespace) -> int:
         rows.append((name, c.arch, c.format, _metric(c.metrics, "box_ap"),
                      _metric(c.metrics, "mask_ap"), _metric(c.metrics, "pq"), size, present))
     bundled = BUNDLED_CHECKPOINT
-    rows.append(("bundled", "panoptic_fpn (synthetic)", "segfpn", "-", "-", "-",
-                 _format_mb(bundled.stat().st_size) if bundled.is_file() else "-", "yes" if bundled.is_file() else "no"))
+    bundled_size = _format_mb(bundled.stat().st_size) if bundled.is_file() else "-"
+    rows.append(("bundled", "panoptic_fpn (synthetic)", "segfpn", "-", "-", "-", bundled_size,
+                 "yes" if bundled.is_file() else "no"))
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -84,8 +84,9 @@ def resolve_split(split: DatasetConfig, *, generate: bool, progress: bool = Fals
         root = Path(split.root)
         def join(p):
             return None if p is None else str(root / p)
-        return dataclasses.replace(split, images_dir=str(root / split.images_dir), instances_json=join(split.instances_json),
-                                   panoptic_json=join(split.panoptic_json), panoptic_dir=join(split.panoptic_dir), root=None)
+        return dataclasses.replace(split, images_dir=str(root / split.images_dir),
+                                   instances_json=join(split.instances_json), panoptic_json=join(split.panoptic_json),
+                                   panoptic_dir=join(split.panoptic_dir), root=None)
     if split.root is None:
         raise ConfigError("a synthetic data split needs `root`, the folder it is generated into")
     from segfpn.data import synthetic
@@ -126,7 +127,8 @@ def resolve_categories(config: TrainConfig, train_split: DatasetConfig) -> Categ
             return None
         with open(path) as f:
             return json.load(f)
-    return categories_from_annotations(instances=read(train_split.instances_json), panoptic=read(train_split.panoptic_json))
+    return categories_from_annotations(instances=read(train_split.instances_json),
+                                       panoptic=read(train_split.panoptic_json))
 
 
 def resolve_model_config(config: TrainConfig, categories: CategorySet) -> ModelConfig:
@@ -247,7 +249,8 @@ class Trainer:
         start = self.iteration * self.samples_per_iteration
         if state is not None:
             saved = state["data"]
-            if saved["world_size"] != self.dist.world_size or saved["samples_per_iteration"] != self.samples_per_iteration:
+            if (saved["world_size"] != self.dist.world_size
+                    or saved["samples_per_iteration"] != self.samples_per_iteration):
                 start = saved["consumed_per_rank"] * saved["world_size"] // self.dist.world_size
                 logger.warning("resuming with %d processes x %d images per iteration instead of %d x %d: the data "
                                "order continues approximately, not exactly", self.dist.world_size,
@@ -356,6 +359,7 @@ class Trainer:
                 start = time.perf_counter()
                 record, data_time = self._step(data_iter, device, solver)
                 self.iteration += 1
+                last = self.iteration == solver.max_iter
                 record.update(iteration=self.iteration, time=time.perf_counter() - start, data_time=data_time)
                 if is_main:
                     self.history.append(record)
@@ -363,15 +367,14 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix_str(" ".join(f"{LOSS_ABBREVIATIONS.get(k, k)}={v:.3f}" for k, v in record.items()
                                                  if k.startswith("loss_")) + f" lr={record['lr']:.2g}", refresh=False)
-                    last = self.iteration == solver.max_iter
                     if cfg.log_period and (self.iteration % cfg.log_period == 0 or last):
                         self._write_history(history_path, window)
                         window = []
                 evaluate_now = self.val_split is not None and (
-                    self.iteration == solver.max_iter or (cfg.eval_period and self.iteration % cfg.eval_period == 0))
+                    last or (cfg.eval_period and self.iteration % cfg.eval_period == 0))
                 if evaluate_now:
                     self._evaluate()
-                if self.iteration == solver.max_iter or (cfg.checkpoint_period and self.iteration % cfg.checkpoint_period == 0):
+                if last or (cfg.checkpoint_period and self.iteration % cfg.checkpoint_period == 0):
                     self._save_checkpoint()
         finally:
             bar.close()
@@ -406,8 +409,9 @@ class Trainer:
         record = dict(zip(names, reduced))
         for name, value in record.items():
             if not math.isfinite(value):
+                lr = self.optimizer.param_groups[0]["lr"]
                 raise TrainingDiverged(
-                    f"{name} is {value} at iteration {self.iteration + 1} (lr {self.optimizer.param_groups[0]['lr']:.3g}); "
+                    f"{name} is {value} at iteration {self.iteration + 1} (lr {lr:.3g}); "
                     f"training stopped. Lower solver.base_lr, lengthen solver.warmup_iters or set "
                     f"solver.clip_grad_norm, then resume from the last checkpoint in {self.output_dir}")
         record["total_loss"] = sum(record.values())
@@ -443,7 +447,7 @@ class Trainer:
             return self.config.best_metric
         if self.model.semantic_head is not None and self.val_split.panoptic_json:
             return "panoptic.All.pq"
-        return "segm.AP"
+        return "segm.AP" if self.model.config.mask_head is not None else "bbox.AP"  # a Faster R-CNN has no masks
 
     def _evaluate(self) -> None:
         if self.dist.is_main:

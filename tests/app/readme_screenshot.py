@@ -1,7 +1,8 @@
-"""Make docs/screenshot.png, the README's picture of the app with results.
+r"""Make docs/screenshot.png, the README's picture of the app with results.
 
     PYTHONPATH=. python tests/app/readme_screenshot.py        # mini test checkpoint, pyramid inspector at p3
-    PYTHONPATH=. python tests/app/readme_screenshot.py --weights weights/model_final_cafdb1.pkl --tab Instances --score 0.5
+    PYTHONPATH=. python tests/app/readme_screenshot.py --weights weights/model_final_cafdb1.pkl \
+        --tab Instances --score 0.5
 
 Serves the app on 127.0.0.1, uploads a photo in Debian's Chromium (see app_browser.py), presses
 Segment and takes the screenshot. The mini checkpoint has random weights: its detections are

@@ -131,8 +131,9 @@ def test_arch_may_choose_among_the_files_own_kind(tmp_path, d2_mini_checkpoint):
         load_checkpoint(path, arch="faster_rcnn_R_50_FPN")
     boxes_only = load_checkpoint(path, arch="faster_rcnn_R_50_FPN", strict=False)
     assert boxes_only.config.mask_head is None and boxes_only.model.roi_heads.mask_head is None
-    with pytest.raises(CheckpointError, match=r"detectron2 checkpoint \(mask_rcnn_R_50_FPN\); arch='retinanet_R_50_FPN' "
-                                              r"is not a detectron2 R-CNN architecture \(those are mask_rcnn_R_50_FPN"):
+    with pytest.raises(CheckpointError, match=r"detectron2 checkpoint \(mask_rcnn_R_50_FPN\); "
+                                              r"arch='retinanet_R_50_FPN' is not a detectron2 R-CNN architecture "
+                                              r"\(those are mask_rcnn_R_50_FPN"):
         load_checkpoint(path, arch="retinanet_R_50_FPN")
 
 

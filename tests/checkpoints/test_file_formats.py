@@ -196,7 +196,9 @@ def test_truncated_safetensors_files_say_so(tmp_path, native_bytes):
     rng = random.Random(1)
     path = tmp_path / "cut.safetensors"
     length = struct.unpack("<Q", native_bytes[:8])[0]
-    cuts = [1, 7, 8, 9, 100, length + 7, length + 8, length + 9] + [rng.randrange(9, len(native_bytes)) for _ in range(20)]
+    # cuts around the 8-byte length prefix and the header's end, then 20 random ones
+    boundaries = [1, 7, 8, 9, 100, length + 7, length + 8, length + 9]
+    cuts = boundaries + [rng.randrange(9, len(native_bytes)) for _ in range(20)]
     for cut in cuts:
         path.write_bytes(native_bytes[:cut])
         with pytest.raises(CheckpointError) as excinfo:

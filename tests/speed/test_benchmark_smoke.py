@@ -18,7 +18,8 @@ def test_benchmark_short_run_prints_figures_and_passes_parity(tmp_path):
     assert proc.returncode == 0, out + proc.stderr[-3000:]
     assert "fp32 parity with torchvision: PASS" in out
     for text in ("median latency (s)", "speed-up vs torchvision", "peak RSS", "parity segfpn_fp32:",
-                 "parity segfpn_bf16:", "same class and box IoU >= 0.5", "fp32 floor", "panoptic FPN", "bf16 on a trained model"):
+                 "parity segfpn_bf16:", "same class and box IoU >= 0.5", "fp32 floor", "panoptic FPN",
+                 "bf16 on a trained model"):
         assert text in out, text
     figures = json.loads(figures_file.read_text())[0]
     impls = figures["implementations"]

@@ -180,7 +180,8 @@ def test_imagenet_backbone_from_a_torchvision_resnet(tmp_path):
     assert torch.equal(state["backbone.stages.c3.0.shortcut.conv.weight"], resnet.layer2[0].downsample[0].weight)
     assert torch.equal(state["backbone.stages.c5.1.conv2.norm.running_var"], resnet.layer4[1].bn2.running_var)
 
-    narrow = SegFPN(ModelConfig(num_classes=3, backbone=BackboneConfig(depth=18, stem_channels=16, res2_out_channels=32)))
+    narrow_backbone = BackboneConfig(depth=18, stem_channels=16, res2_out_channels=32)
+    narrow = SegFPN(ModelConfig(num_classes=3, backbone=narrow_backbone))
     with pytest.raises(CheckpointError, match="depth-18 backbone of stem 16"):
         load_imagenet_backbone(narrow, path)
 
