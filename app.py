@@ -18,7 +18,10 @@ goes on; uploads are read from Gradio's temp folder or memory only; every event 
 the queue (no direct /run or /api call), the model runs for one request at a time; the server
 answers at once while a missing checkpoint downloads in the background; the model is loaded
 once, and "Reload weights" (when allowed) reads the checkpoint again, keeping the loaded model
-when that fails; SIGTERM stops the app as Ctrl+C does, removing its temporary files.
+when that fails; SIGTERM stops the app as Ctrl+C does, removing its temporary files. The Model
+list switches a session to another checkpoint (loaded in the queue like Segment, downloaded in
+the background when missing); at most two models stay in memory for all sessions
+(:mod:`segfpn.app.models`), and a choice that fails leaves the session's model in place.
 
 This file is the UI only: the layout, the events and the queue. The model source, the sessions'
 runs, the views and the download files live in :mod:`segfpn.app` (drawing itself in
@@ -47,11 +50,11 @@ from gradio.utils import get_upload_folder
 from PIL import Image
 
 from segfpn import video as videos
-from segfpn import viz
 from segfpn.app import files, session, views
+from segfpn.app.models import ModelChoiceFailed, ModelPool, SessionModel
 from segfpn.app.session import Run, RunStore
 from segfpn.app.source import ModelSource, ModelUnavailable, ReloadFailed
-from segfpn.app.views import ACTIVATION_MODE_CHOICES, LEVELS, SEGMENT_COLUMNS
+from segfpn.app.views import ACTIVATION_MODE_CHOICES, INSPECTOR_LEVELS, SEGMENT_COLUMNS
 from segfpn.atomic_files import write_png
 from segfpn.checkpoints import catalogue, resolve
 from segfpn.checkpoints.download import install_cleanup_handlers
@@ -86,6 +89,8 @@ SESSION_TTL_S = 3600
 MAX_SESSIONS = 1000
 RUN_DROPPED = ("This run was dropped to free memory (the server keeps the last runs of all "
                "sessions within a memory budget); press Segment again.")
+#: Checkpoints kept in memory at most, for all sessions together (the model picker's choices).
+MODELS_IN_MEMORY = 2
 #: Seconds between refreshes of the model status while a checkpoint downloads or loads.
 STATUS_REFRESH_S = 3.0
 #: Frames a video may have segmented in the app (with "every n-th frame"); longer videos are for
@@ -99,10 +104,11 @@ VIEW_JPEG_QUALITY = 92
 #: Height of the result views in CSS px: portrait photos fit on a screen.
 VIEW_HEIGHT = 560
 
-TITLE = "segfpn · Mask R-CNN and Panoptic FPN, level by level"
+TITLE = "segfpn · FPN detectors, level by level"
 INTRO = ("Upload a photo (or pick an example) and press **Segment**: instance masks, semantic and "
          "panoptic segmentation, the feature pyramid the heads read from, and which pyramid level "
-         "each detection's RoI was pooled from. Every control redraws from the last run; only "
+         "each detection came from. Pick another model (Panoptic FPN, Mask R-CNN, Faster R-CNN, "
+         "RetinaNet) in the list beside the status. Every control redraws from the last run; only "
          "Segment runs the model.")
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="sky")
 CSS = """
@@ -227,6 +233,9 @@ def user_errors(what: str):
         logger.warning("%s failed: %s", what, e)
         raise gr.Error(f"The weights were not reloaded: {e}", title="Reload failed",
                        duration=None, print_exception=False) from e
+    except ModelChoiceFailed as e:
+        logger.warning("%s: the chosen model is not available: %s", what, e)
+        raise gr.Error(str(e), title="Model not available", duration=None, print_exception=False) from e
     except Exception as e:
         logger.exception("%s failed", what)
         raise gr.Error(f"{what} failed: {e}") from e
@@ -236,10 +245,13 @@ class Events:
     """The event functions: each one reads, runs or draws through :mod:`segfpn.app`.
 
     A session's ``gr.State`` holds the key of its last run in :attr:`runs` (a
-    :class:`~segfpn.app.session.RunStore` with a budget of bytes across sessions), not the run."""
+    :class:`~segfpn.app.session.RunStore` with a budget of bytes across sessions), not the run, and
+    its model (a :class:`~segfpn.app.models.SessionModel`: which one, loaded by :attr:`models`)."""
 
-    def __init__(self, source: ModelSource, *, runs: RunStore, max_side: int = session.MAX_SIDE):
+    def __init__(self, source: ModelSource, *, runs: RunStore, max_side: int = session.MAX_SIDE,
+                 models: ModelPool | None = None):
         self.source = source
+        self.models = models if models is not None else ModelPool(source, capacity=MODELS_IN_MEMORY)
         self.runs = runs
         self.max_side = max_side
         self.trim = session.IdleTrim()
@@ -260,15 +272,17 @@ class Events:
         self.runs.discard(key)
         self.trim.soon()
 
-    def segment(self, image, score, opacity, show_boxes, show_labels, previous):
-        """Run the model once; keep the run for the session; return the instance overlay, the
-        downloads and the run's summary."""
+    def segment(self, image, score, opacity, show_boxes, show_labels, previous, model):
+        """Run the session's model once; keep the run for the session; return the instance
+        overlay, the downloads and the run's summary."""
         if image is None:
             raise gr.Error("Upload an image or pick an example first.")
+        model = model or SessionModel()
         with user_errors("Segmentation"), self.trim.running():
-            predictor = self.source.get()
+            predictor, model_name = self.models.predictor(model)
             name = Path(image).name if isinstance(image, str) else "pasted image"
-            run = session.run_model(predictor, image, name=name, max_side=self.max_side)
+            run = session.run_model(predictor, image, name=name, max_side=self.max_side,
+                                    model_name=model_name or "", model_key=model.current)
             start = time.perf_counter()
             overlay = views.draw_instance_view(run, score_threshold=score, alpha=opacity,
                                                    show_boxes=show_boxes, show_labels=show_labels)
@@ -281,13 +295,46 @@ class Events:
             key = self.runs.put(run)
         return (key, overlay, *paths, views.run_summary(run, views_drawn=False))
 
-    def model_status(self):
-        """The model status (what is loaded, or downloading), and the timer that refreshes it
-        on the page while the model source is busy."""
-        status = self.source.describe()
-        ok = self.source.available and not self.source.busy
+    def model_status(self, model):
+        """The session's model status (what is loaded, or downloading), the timer that refreshes
+        it on the page while something is under way, and the session's model: switched to the
+        model it chose once that has arrived, or left as it was (with a warning) when it failed."""
+        model, message, ok = self.models.settle(model or SessionModel())
+        if message:
+            (gr.Info if ok else gr.Warning)(message)
+        return (*self._status(model, message if not ok else None), model)
+
+    def _status(self, model: SessionModel, problem: str | None = None):
+        status = self.models.describe(model)
+        if problem:
+            status = f"**The model was not changed.** {problem}\n\n{status}"
+        ok = self.models.ready(model) and problem is None
         return (gr.Markdown(status, elem_classes=["status-ok" if ok else "status-warning"]),
-                gr.Timer(active=self.source.busy))
+                gr.Timer(active=self.models.busy(model)))
+
+    def model_picker(self, model):
+        """The picker, listing what is there now (files put in the weights folder since), showing
+        the session's model."""
+        model = model or SessionModel()
+        return gr.Dropdown(choices=[(o.label, o.value) for o in self.models.options()],
+                           value=self.models.value_of(model))
+
+    def choose_model(self, value, model):
+        """The session picked ``value``: load it (a checkpoint on disk), or start downloading it
+        (the status row shows its progress; the session switches once it has arrived). A failure
+        leaves the session's model in place and says why."""
+        model = model or SessionModel()
+        try:
+            with self.trim.running():
+                chosen = self.models.choose(value, model)
+        except ModelChoiceFailed as e:
+            logger.warning("the chosen model %s is not available: %s", value, e)
+            message = f"{e} {self.models.label(model.current)} stays in use."
+            gr.Warning(message, title="Model not changed")
+            return (model, *self._status(model, message), gr.Dropdown(value=self.models.value_of(model)))
+        if chosen.pending is None and chosen != model:
+            gr.Info(f"Now using {self.models.label(chosen.current)}: press Segment to run it.")
+        return (chosen, *self._status(chosen), gr.Dropdown(value=self.models.value_of(chosen)))
 
     def reload_model(self):
         """Read the checkpoint again (a file replaced while the app runs); on failure the page
@@ -298,24 +345,30 @@ class Events:
         return gr.Markdown(self.source.describe(), elem_classes=["status-ok"])
 
     def draw_views(self, key, score, level, mode, channel, roi_source):
-        """After Segment: every other tab, drawn from the run."""
+        """After Segment: every other tab, drawn from the run, with a notice on each view its
+        model leaves empty; the inspector offers the run's own levels."""
         run = self.run_of(key)
         if run is None:
-            return [gr.skip()] * 14
+            return [gr.skip()] * 20
         with user_errors("Drawing"):
             start = time.perf_counter()
             semantic = views.draw_semantic_view(run)
             legend = views.semantic_legend(run)
             panoptic = self._panoptic(run)
             rows = views.segment_rows(run)
+            level = views.nearest_level(run, level)
             activation, info, channel = views.activation_view(run, level, mode, channel)
             levels, levels_text = views.levels_view(run, score_threshold=score, source=roi_source)
             detections = views.detection_rows(run, score_threshold=score)
             summary = views.instance_summary(run, score_threshold=score, classes=None)
+            notes = views.notices(run)
             run.timings["drawing"] = run.timings.get("drawing", 0.0) + time.perf_counter() - start
+        run_levels = views.run_levels(run)
         return (gr.Dropdown(choices=views.class_choices(run), value=[]), summary, semantic, legend,
-                panoptic, rows, "", activation, info, self._channel_slider(run, level, channel),
-                levels, levels_text, detections, views.run_summary(run))
+                panoptic, rows, "", gr.Radio(choices=run_levels, value=level, info=views.levels_info(run_levels)),
+                activation, info, self._channel_slider(run, level, channel),
+                gr.Radio(interactive=not run.anchor_levels), levels, levels_text, detections,
+                notes["semantic"], notes["panoptic"], notes["downloads"], notes["roi"], views.run_summary(run))
 
     def caption(self, key, score):
         """The Instances view's caption for the new run, at once (the other views take longer)."""
@@ -387,9 +440,8 @@ class Events:
         run = self.run_of(key)
         if run is None or index is None:
             return [gr.skip()] * 6
-        if run.inspection is None:
-            raise gr.Error("This model has no RoIs to explain: each detection comes from an anchor of one "
-                           "level (the levels view shows which).", title="Nothing to explain", print_exception=False)
+        if run.inspection is None:  # RetinaNet: the notice instead of an explanation
+            return index, views.notices(run)["roi"], None, None, None, pd.DataFrame()
         index = int(index)
         if not 0 <= index < len(run.result.instances):
             raise gr.Error(f"This run has no detection #{index}: it has {len(run.result.instances)}.",
@@ -408,8 +460,8 @@ class Events:
         run = self.run_of(key)
         if run is None:
             return gr.skip(), gr.skip(), gr.skip()
-        if run.inspection is None:
-            raise gr.Error("This model has no RoI heads to run again.", title="No RoIs", print_exception=False)
+        if run.inspection is None:  # RetinaNet: the notice instead of a diff
+            return None, views.notices(run)["roi"], []
         level = None if force_level in (None, "", "rule") else int(str(force_level).lstrip("p"))
         with user_errors("What if"), self.trim.running():
             rule = {"level": level} if level is not None else {"canonical_level": int(canonical_level),
@@ -446,15 +498,24 @@ class Events:
                 metrics = self._predictor_of(run).level_metrics(run.result, str(ground_truth), image=run.name)
             except (KeyError, ValueError) as e:
                 raise gr.Error(str(e), title="Cannot score this image", print_exception=False) from e
-            return views.level_metric_rows(metrics)
+            return views.level_metric_rows(metrics, anchor_levels=run.anchor_levels)
 
     def _predictor_of(self, run: Run):
-        """The shared predictor, which must be the one that made ``run`` (a reload or a model
-        arriving from a download replaces it: then the run is from another model)."""
-        predictor = self.source.get()
+        """The predictor that made ``run``, while the app still serves it: one dropped to free
+        memory (another model chosen), reloaded, or replaced by a download that arrived makes
+        the person press Segment again."""
+        if run.predictor is not None:
+            predictor = run.predictor()
+        else:  # a predictor without weak references: the run's model if it is still in memory
+            predictor = self.models.loaded_predictor(run.model_key)
+        name = Path(run.model_name).name or "its model"
+        if not self.models.in_use(predictor):
+            raise gr.Error(f"The model of this run ({name}) is no longer loaded: at most {self.models.capacity} "
+                           "models are kept in memory, and a reload or a download replaces one. Press Segment "
+                           "again.", title="Model changed", print_exception=False)
         if run.inspection is not None and run.inspection.model() is not getattr(predictor, "model", None):
-            raise gr.Error("The model changed since this run (reloaded, or a downloaded one arrived): press "
-                           "Segment again.", title="Model changed", print_exception=False)
+            raise gr.Error(f"The model changed since this run ({name} was reloaded): press Segment again.",
+                           title="Model changed", print_exception=False)
         return predictor
 
     def select_segment(self, key, evt: gr.SelectData):
@@ -484,13 +545,17 @@ class Events:
         with user_errors("Export"):
             try:
                 with files.request_dir() as folder:
-                    written = files.write_exports(run, folder, formats=formats, score_threshold=score,
-                                                  classes=classes)
-                    return [_to_gradio_cache(p) for p in written]
-            except ValueError as e:  # a class the model lacks, masks a box-only model lacks
+                    written, skipped = files.write_exports(run, folder, formats=formats, score_threshold=score,
+                                                           classes=classes)
+                    written = [_to_gradio_cache(p) for p in written]
+            except ValueError as e:  # a class the model lacks
                 raise gr.Error(str(e), title="Cannot export", print_exception=False) from e
+        if skipped:  # a box-only model: what boxes cannot make
+            gr.Warning(f"{run.model_kind} predicts boxes only; not exported: {'; '.join(skipped)}",
+                       title="Boxes only")
+        return written
 
-    def segment_video(self, video, every, overlay_kind, progress=gr.Progress()):
+    def segment_video(self, video, every, overlay_kind, model, progress=gr.Progress()):
         """Segment every ``every``-th frame of an uploaded video: the overlaid MP4 (H.264, which
         browsers play), the per-frame COCO results JSON and a summary."""
         if video is None:
@@ -504,7 +569,7 @@ class Events:
                                f"than the {MAX_VIDEO_FRAMES} the app segments. Segment fewer (every "
                                f"{-(-expected // MAX_VIDEO_FRAMES)}th frame or more), or run `segfpn predict` on it.",
                                title="Video too long", print_exception=False)
-            predictor = self.source.get()
+            predictor, _ = self.models.predictor(model or SessionModel())
 
             def report(p: videos.VideoProgress) -> None:
                 left = f", about {p.seconds_left:.0f} s left" if p.seconds_left is not None else ""
@@ -520,12 +585,12 @@ class Events:
                    f"(every {every}th)" + (f" · stopped early: {result.problem}" if result.problem else ""))
         return clip, results, summary
 
-    def webcam_frame(self, frame, overlay_kind):
-        """One webcam frame: segmented, drawn, with the time the model took."""
+    def webcam_frame(self, frame, overlay_kind, model):
+        """One webcam frame: segmented by the session's model, drawn, with the time it took."""
         if frame is None:
             return gr.skip(), gr.skip()
         with user_errors("Webcam"):
-            predictor = self.source.get()
+            predictor, _ = self.models.predictor(model or SessionModel())
             start = time.perf_counter()
             result = predictor.predict(frame)
             seconds = time.perf_counter() - start
@@ -585,7 +650,7 @@ def _as_source(model) -> ModelSource:
 
 def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = session.MAX_SIDE,
                queue_size: int = QUEUE_SIZE, allow_reload: bool = False,
-               runs: RunStore | None = None) -> gr.Blocks:
+               runs: RunStore | None = None, models: ModelPool | None = None) -> gr.Blocks:
     """The app's Blocks, queue configured.
 
     ``model``: a :class:`~segfpn.predictor.Predictor` (or anything with its ``predict``), a
@@ -600,12 +665,20 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
     offer "Reload weights" (``/reload_model``); without it there is no such button or endpoint
     at all. ``runs``: where the sessions' last runs are kept (default: a
     :class:`~segfpn.app.session.RunStore` of :data:`SESSION_MEMORY_MB`).
+
+    The model picker lists :meth:`ModelPool.options` (the catalogue, the weights folder, the
+    bundled model); each session uses the model it chose (``model`` until it chooses), and
+    ``models`` keeps :data:`MODELS_IN_MEMORY` of them in memory at most (default: a
+    :class:`~segfpn.app.models.ModelPool` around ``model``).
     """
     source = _as_source(model)
     predictor = source.start().try_get()
     runs = runs if runs is not None else RunStore(budget_bytes=SESSION_MEMORY_MB << 20)
-    events = Events(source, runs=runs, max_side=max_side)
-    panoptic_tabs = predictor is None or predictor.has_semantic_head
+    models = models if models is not None else ModelPool(source, capacity=MODELS_IN_MEMORY)
+    if models.default is not source:
+        raise ValueError("models must be a ModelPool around the app's model source")
+    events = Events(source, runs=runs, max_side=max_side, models=models)
+    kind = session.model_kind(predictor) if predictor is not None else session.PANOPTIC_FPN
     offline = source.loaded_from == str(resolve.BUNDLED_CHECKPOINT)
     # Every class of the model, until a run narrows the list to the classes it found.
     all_classes = sorted(set(predictor.categories.thing_names) - {"N/A"}) if predictor else []
@@ -620,11 +693,16 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
             events.forget(key)
 
         run_state = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=forget)
+        # The session's model (a SessionModel; the app's default until it picks another).
+        model_state = gr.State(SessionModel(), time_to_live=SESSION_TTL_S)
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Row(equal_height=False, elem_id="status-row"):
             model_status = gr.Markdown(source.describe(), elem_id="model-status",
                                        elem_classes=["status-ok" if predictor else "status-warning"])
             status_timer = gr.Timer(STATUS_REFRESH_S, active=source.busy)
+            picker = gr.Dropdown([(o.label, o.value) for o in models.options()], value=models.default_value(),
+                                 label="Model", scale=0, min_width=320, elem_id="model-picker",
+                                 info=f"on disk, or downloaded when chosen; {MODELS_IN_MEMORY} kept in memory")
             if allow_reload:
                 reload_btn = gr.Button("Reload weights", size="sm", scale=0, variant="secondary",
                                        elem_id="reload-button")
@@ -653,16 +731,19 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
                         with gr.Row():
                             score = gr.Slider(0.0, 1.0, 0.5, step=0.01, label="Score threshold",
                                               elem_id="score-slider")
-                            opacity = gr.Slider(0.0, 1.0, 0.5, step=0.05, label="Mask opacity")
+                            opacity = gr.Slider(0.0, 1.0, 0.5, step=0.05,
+                                                label="Fill opacity (masks; boxes of box-only models)")
                         with gr.Row():
                             classes = gr.Dropdown(all_classes, value=[], multiselect=True, scale=3,
                                                   label="Classes", info="Empty: every class")
                             show_boxes = gr.Checkbox(True, label="Boxes", scale=1)
                             show_labels = gr.Checkbox(True, label="Labels", scale=1)
-                    with gr.Tab("Semantic", id="semantic", visible=panoptic_tabs):
+                    with gr.Tab("Semantic", id="semantic"):
+                        semantic_note = gr.Markdown(elem_id="semantic-note")
                         semantic = ViewImage(label="Semantic segmentation", **view)
                         semantic_legend = gr.HTML(elem_id="semantic-legend")
-                    with gr.Tab("Panoptic", id="panoptic", visible=panoptic_tabs):
+                    with gr.Tab("Panoptic", id="panoptic"):
+                        panoptic_note = gr.Markdown(elem_id="panoptic-note")
                         panoptic = SegmentsImage(label="Panoptic segmentation", format="png",
                                                  show_label=False, height=VIEW_HEIGHT,
                                                  elem_id="panoptic-image")
@@ -676,8 +757,8 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
                                                    "row to single its segment out",
                                              max_height=320, elem_id="segment-table")
                     with gr.Tab("Pyramid inspector", id="pyramid"):
-                        level = gr.Radio(list(LEVELS), value="p3", label="Level",
-                                         info="c2–c5: bottom-up ResNet stages · p2–p6: FPN outputs",
+                        level = gr.Radio(list(INSPECTOR_LEVELS), value="p3", label="Level",
+                                         info=views.levels_info(INSPECTOR_LEVELS) + " (after Segment: the model's)",
                                          elem_id="level-radio")
                         with gr.Row():
                             mode = gr.Radio(list(ACTIVATION_MODE_CHOICES), value="mean_abs",
@@ -690,18 +771,20 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
                     with gr.Tab("Levels", id="levels"):
                         with gr.Row():
                             with gr.Column(scale=3):
-                                roi_source = gr.Radio([("mask head: RoI of the final box", "mask"),
-                                                       ("box head: RoI of the proposal", "box")],
-                                                      value="mask", label="RoI")
-                                levels = ViewImage(label="Boxes coloured by RoI level: click one to explain it",
+                                roi_source = gr.Radio([("final box (the mask head's RoI)", "mask"),
+                                                       ("proposal (the box head's RoI)", "box")],
+                                                      value="mask", label="RoI (two-stage models)",
+                                                      elem_id="roi-source")
+                                levels = ViewImage(label="Boxes coloured by pyramid level: click one to explain it",
                                                    elem_id="levels-image", **view)
                             with gr.Column(scale=2):
                                 detection_table = gr.Dataframe(
                                     headers=list(views.DETECTION_COLUMNS), interactive=False,
                                     datatype=["number", "str", "number", "number", "str", "str"], max_height=480,
                                     label="Detections: select one to explain it", elem_id="detection-table")
-                        levels_info = gr.Markdown(viz.level_rule_text(), label="Counts per level",
+                        levels_info = gr.Markdown(views.rule_line(kind=kind), label="Counts per level",
                                                   elem_id="levels-info")
+                        roi_note = gr.Markdown(elem_id="roi-note")
                         with gr.Accordion("One detection, level by level", open=True):
                             explained = gr.Number(visible=False)
                             rule_text = gr.Markdown("Select a detection in the table or click it in the picture.",
@@ -760,9 +843,11 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
                                     "segmented (downscaled when its longest side is above "
                                     f"{max_side} px). The COCO results hold every detection; "
                                     "the overlay follows the Instances controls.")
+                        downloads_note = gr.Markdown(elem_id="downloads-note")
                         with gr.Row():
                             file_overlay = gr.File(label="Overlay (PNG)")
-                            file_coco = gr.File(label="Instances: COCO results JSON (RLE masks)")
+                            file_coco = gr.File(label="Instances: COCO results JSON (RLE masks; boxes only for "
+                                                      "Faster R-CNN and RetinaNet)")
                         with gr.Row():
                             file_panoptic_png = gr.File(label="Panoptic: COCO panoptic PNG")
                             file_panoptic_json = gr.File(label="Panoptic: segments JSON")
@@ -800,15 +885,16 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
         draw = dict(concurrency_id="draw", concurrency_limit=2)
         control = dict(trigger_mode="always_last", show_progress="minimal", **draw)
         segmented = segment_btn.click(
-            events.segment, [image_in, score, opacity, show_boxes, show_labels, run_state],
+            events.segment, [image_in, score, opacity, show_boxes, show_labels, run_state, model_state],
             [run_state, overlay, *downloads, run_info], api_name="segment", concurrency_id="model",
         )
         segmented.success(events.caption, [run_state, score], [instance_info], api_visibility="private",
                           show_progress="hidden", concurrency_id="caption")
         segmented.success(
             events.draw_views, [run_state, score, level, mode, channel, roi_source],
-            [classes, instance_info, semantic, semantic_legend, panoptic, table, selection, pyramid, pyramid_info,
-             channel, levels, levels_info, detection_table, run_info],
+            [classes, instance_info, semantic, semantic_legend, panoptic, table, selection, level, pyramid,
+             pyramid_info, channel, roi_source, levels, levels_info, detection_table, semantic_note, panoptic_note,
+             downloads_note, roi_note, run_info],
             api_visibility="private", show_progress_on=[semantic, panoptic, pyramid, levels], **draw,
         )
         instance_controls = [score.input, opacity.input, classes.input, show_boxes.input, show_labels.input]
@@ -837,21 +923,27 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
               [run_state, level, mode, channel], [pyramid, pyramid_info, channel],
               api_name="inspect", **control)
         # The model status: on page load, after each Segment (a download may have arrived), and
-        # every few seconds while a download or load is under way.
-        status = dict(fn=events.model_status, inputs=None, outputs=[model_status, status_timer],
+        # every few seconds while a download or load is under way; the picker follows the
+        # session's model (switched once a chosen download has arrived, or back when it failed).
+        status = dict(fn=events.model_status, inputs=[model_state], outputs=[model_status, status_timer, model_state],
                       concurrency_id="status", show_progress="hidden")
-        demo.load(api_name="model_status", **status)
+        follow = dict(fn=events.model_picker, inputs=[model_state], outputs=[picker], api_visibility="private",
+                      concurrency_id="status", show_progress="hidden")
+        demo.load(api_name="model_status", **status).then(**follow)
         segmented.then(api_visibility="private", **status)
-        status_timer.tick(api_visibility="private", **status)
+        status_timer.tick(api_visibility="private", **status).then(**follow)
+        # A model is loaded where the model runs: one request at a time, like Segment.
+        picker.input(events.choose_model, [picker, model_state], [model_state, model_status, status_timer, picker],
+                     api_name="choose_model", concurrency_id="model", show_progress="minimal")
         if allow_reload:
             # One model: a reload waits for the runs before it, and they for it.
             reload_btn.click(events.reload_model, None, [model_status], api_name="reload_model",
                              concurrency_id="model")
         export_btn.click(events.export, [run_state, export_formats, score, classes], [exported],
                          api_name="export", **draw)
-        video_btn.click(events.segment_video, [video_in, video_every, video_overlay],
+        video_btn.click(events.segment_video, [video_in, video_every, video_overlay, model_state],
                         [video_out, video_results, video_info], api_name="segment_video", concurrency_id="model")
-        webcam.stream(events.webcam_frame, [webcam, webcam_overlay], [webcam_out, webcam_info],
+        webcam.stream(events.webcam_frame, [webcam, webcam_overlay, model_state], [webcam_out, webcam_info],
                       stream_every=WEBCAM_EVERY_S, trigger_mode="always_last", concurrency_id="model",
                       show_progress="hidden", api_visibility="private")
         table.select(events.select_segment, [run_state], [panoptic, selection],

@@ -17,6 +17,7 @@ import numpy as np
 
 from segfpn.app.session import Run
 from segfpn.atomic_files import write_png
+from segfpn.formats import check_classes, check_formats
 from segfpn.outputs import ResultFiles, result_files, write_result
 from segfpn.outputs import write_exports as write_exports_for
 
@@ -66,9 +67,25 @@ EXPORT_CHOICES = (("LabelMe JSON (polygons)", "labelme"), ("YOLO segmentation tx
                   ("detections table (CSV)", "csv"), ("detections table (Parquet)", "parquet"))
 
 
-def write_exports(run: Run, directory: Path, *, formats, score_threshold: float, classes=None) -> list[Path]:
-    """The run's files in ``formats`` (:func:`segfpn.outputs.write_exports`), for the detections
-    the Instances view shows: score at least ``score_threshold``, of ``classes`` (None: all)."""
-    written = write_exports_for(run.result, run.image, directory, image_name=run.name, formats=formats,
-                                score_threshold=score_threshold, classes=classes or None)
-    return list(written.values())
+def write_exports(run: Run, directory: Path, *, formats, score_threshold: float,
+                  classes=None) -> tuple[list[Path], list[str]]:
+    """``(paths, notes)``: the run's files in ``formats`` (:func:`segfpn.outputs.write_exports`), for
+    the detections the Instances view shows: score at least ``score_threshold``, of ``classes``
+    (None: all). For a box-only run each format is written on its own, and one that cannot be
+    made from boxes is skipped with a note saying why rather than failing the others."""
+
+    def write(chosen) -> list[Path]:
+        return list(write_exports_for(run.result, run.image, directory, image_name=run.name, formats=chosen,
+                                      score_threshold=score_threshold, classes=classes or None).values())
+
+    if not run.box_only:
+        return write(formats), []
+    formats = check_formats(formats)  # an unknown format or class fails as for every model
+    check_classes(run.result, classes or None)
+    paths, notes = [], []
+    for format in formats:
+        try:
+            paths += write([format])
+        except ValueError as e:
+            notes.append(f"{format}: {e}")
+    return paths, notes

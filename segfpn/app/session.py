@@ -16,6 +16,7 @@ import logging
 import secrets
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +38,30 @@ MAX_SIDE = 2000
 
 _FP16_MAX = float(np.finfo(np.float16).max)
 
+#: The kinds of model the app serves (:func:`detector_kind`).
+PANOPTIC_FPN, MASK_RCNN, FASTER_RCNN, RETINANET = "Panoptic FPN", "Mask R-CNN", "Faster R-CNN", "RetinaNet"
+#: The kinds that predict boxes only: no masks, so no semantic or panoptic segmentation either.
+BOX_ONLY = (FASTER_RCNN, RETINANET)
+
+
+def detector_kind(config) -> str:
+    """What a :class:`~segfpn.config.ModelConfig` builds: :data:`RETINANET` (one stage, no RoIs),
+    :data:`FASTER_RCNN` (two stages, no mask head), :data:`PANOPTIC_FPN` or :data:`MASK_RCNN`."""
+    if config.detector == "retinanet":
+        return RETINANET
+    if config.mask_head is None:
+        return FASTER_RCNN
+    return PANOPTIC_FPN if config.semantic_head is not None else MASK_RCNN
+
+
+def model_kind(predictor) -> str:
+    """:func:`detector_kind` of ``predictor``'s model; for an object without a config (a stand-in
+    in tests), Panoptic FPN or Mask R-CNN by its ``has_semantic_head``."""
+    config = getattr(predictor, "config", None)
+    if config is not None:
+        return detector_kind(config)
+    return PANOPTIC_FPN if getattr(predictor, "has_semantic_head", False) else MASK_RCNN
+
 
 @dataclass
 class Run:
@@ -44,11 +69,16 @@ class Run:
 
     image: uint8 [H, W, 3], the image as segmented (after any downscale); every array of
     ``result`` refers to it. original_size: (H, W) of the upload. features: level name ->
-    float16 [C, h, w] (half of float32's memory; the inspector normalises anyway).
+    float16 [C, h, w] (half of float32's memory; the inspector normalises anyway): c2-c5 and
+    p2-p6, or p3-p7 for a RetinaNet.
     timings: seconds per stage, "drawing" included once the views are drawn.
     inspection: what the RoI heads need to explain a detection or run again with another level
     rule (:class:`~segfpn.explain.Inspection`: the pyramid, the proposals); None for a model
     without RoIs (RetinaNet). explanations: the detections explained so far, by index.
+    model_name: the checkpoint that made the run, as the page names it; model_kind: its
+    :func:`detector_kind`; model_key: the app's key of that model (None: the app's default),
+    predictor: a weak reference to the predictor (the run never keeps a model in memory: once
+    the app drops it, explaining the run asks for Segment again).
     Kept between requests by a :class:`RunStore`.
     """
 
@@ -61,10 +91,24 @@ class Run:
     device: str
     inspection: Inspection | None = None
     explanations: dict[int, DetectionExplanation] = field(default_factory=dict)
+    model_name: str = ""
+    model_kind: str = MASK_RCNN
+    model_key: str | None = None
+    predictor: weakref.ref | None = field(default=None, repr=False)
 
     @property
     def downscaled(self) -> bool:
         return tuple(self.image.shape[:2]) != tuple(self.original_size)
+
+    @property
+    def box_only(self) -> bool:
+        """True for a model without masks (Faster R-CNN, RetinaNet)."""
+        return self.model_kind in BOX_ONLY
+
+    @property
+    def anchor_levels(self) -> bool:
+        """True when each detection's level is the anchor level that fired (RetinaNet), not an RoI's."""
+        return self.model_kind == RETINANET
 
 
 def _size_text(size: tuple[int, int]) -> str:
@@ -89,8 +133,10 @@ def _half(feature) -> np.ndarray:
     return np.clip(np.asarray(feature), -_FP16_MAX, _FP16_MAX).astype(np.float16)
 
 
-def run_model(predictor, source, *, name: str = "image", max_side: int = MAX_SIDE) -> Run:
-    """Read ``source``, run ``predictor`` on it once (features included) and keep everything.
+def run_model(predictor, source, *, name: str = "image", max_side: int = MAX_SIDE, model_name: str = "",
+              model_key: str | None = None) -> Run:
+    """Read ``source``, run ``predictor`` on it once (features included) and keep everything;
+    ``model_name`` and ``model_key`` say which model made the run (see :class:`Run`).
 
     An :class:`~segfpn.ImageError` from the predictor about a downscaled image names the
     size uploaded too: the person never saw the downscaled one."""
@@ -114,7 +160,16 @@ def run_model(predictor, source, *, name: str = "image", max_side: int = MAX_SID
     timings = dict(result.timings)
     timings["preprocess"] = timings.get("preprocess", 0.0) + read_s
     return Run(name=name, image=image, original_size=original_size, result=result,
-               features=features, timings=timings, device=str(result.device), inspection=inspection)
+               features=features, timings=timings, device=str(result.device), inspection=inspection,
+               model_name=model_name, model_kind=model_kind(predictor), model_key=model_key,
+               predictor=_weak(predictor))
+
+
+def _weak(obj) -> weakref.ref | None:
+    try:
+        return weakref.ref(obj)
+    except TypeError:  # not weakly referenceable: the run cannot tell whether it is still loaded
+        return None
 
 
 def has_roi_heads(predictor) -> bool:

@@ -6,15 +6,18 @@ the one asked for or the catalogue's default, then the bundled model) through th
 resolver (:mod:`segfpn.checkpoints.resolve`). The first that loads is shared by every session
 (:func:`load_shared`); a known checkpoint that is missing is downloaded in a background thread and
 replaces the model in use once it has arrived. :meth:`ModelSource.describe` says in Markdown what
-is loaded, what is coming, or why nothing is and what to fetch.
+is loaded, what is coming, or why nothing is and what to fetch. The models sessions choose in the
+picker, and how many stay in memory, are :mod:`segfpn.app.models`'s job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from pathlib import Path
 from segfpn.checkpoints import catalogue, resolve
 from segfpn.checkpoints import download as downloads
 from segfpn.checkpoints.errors import CheckpointError
+from segfpn.app.session import BOX_ONLY, model_kind
 from segfpn.checkpoints.resolve import Unavailable
 from segfpn.predictor import load
 
@@ -50,23 +54,29 @@ class ReloadFailed(RuntimeError):
     """A reload found no checkpoint that loads; the model loaded before stays in use."""
 
 
-_SHARED: dict[tuple[str, str], object] = {}
+#: The predictors loaded, by (file, device), for as long as something else holds them (a
+#: :class:`ModelSource`): sharing never keeps a model in memory by itself, so dropping a source
+#: frees its model (:class:`segfpn.app.models.ModelPool` keeps at most two).
+_SHARED: "weakref.WeakValueDictionary[tuple[str, str], object]" = weakref.WeakValueDictionary()
 _SHARED_LOCK = threading.Lock()
 
 
 def load_shared(path: str | os.PathLike, *, device=None, loader: Callable | None = None,
                 fresh: bool = False):
-    """The predictor for the checkpoint file ``path`` on ``device``, loaded on first use and
-    then shared by every caller in this process. ``fresh``: read the file again even when it
-    was loaded before (the new predictor is shared from then on; on failure the old one stays)."""
+    """The predictor for the checkpoint file ``path`` on ``device``: the one already loaded while
+    someone holds it, else loaded now. ``fresh``: read the file again even when it is loaded
+    (the new predictor is shared from then on; on failure the old one stays)."""
     loader = loader or load
     key = (str(Path(path).resolve()), str(device))
     with _SHARED_LOCK:
-        if fresh or key not in _SHARED:
+        predictor = None if fresh else _SHARED.get(key)
+        if predictor is None:
             start = time.perf_counter()
-            _SHARED[key] = loader(path, device=device)
+            predictor = loader(path, device=device)
             logger.info("loaded %s in %.1f s", path, time.perf_counter() - start)
-        return _SHARED[key]
+            with contextlib.suppress(TypeError):  # an object without weak references is not shared
+                _SHARED[key] = predictor
+        return predictor
 
 
 class ModelSource:
@@ -88,7 +98,8 @@ class ModelSource:
 
     def __init__(self, candidates: Sequence[str | os.PathLike], *, device=None,
                  allow_download: bool = True, download_timeout: float = DOWNLOAD_TIMEOUT_S,
-                 download_deadline: float = DOWNLOAD_DEADLINE_S, loader: Callable | None = None):
+                 download_deadline: float = DOWNLOAD_DEADLINE_S, loader: Callable | None = None,
+                 on_arrival: Callable[[], None] | None = None):
         self.candidates = [str(c) for c in candidates]
         self.device = device
         self.allow_download = allow_download
@@ -96,6 +107,7 @@ class ModelSource:
         self.download_deadline = download_deadline
         self._cancel = downloads.Cancellation()
         self.loader = loader
+        self.on_arrival = on_arrival  # called once a downloaded checkpoint is loaded and in use
         self.problems: list[Unavailable] = []
         self.loaded_from: str | None = None
         self._predictor = None
@@ -132,6 +144,23 @@ class ModelSource:
         """True while the background thread downloads or loads a checkpoint."""
         return self._activity is not None
 
+    @property
+    def predictor(self):
+        """The predictor in use, or None; never loads anything (see :meth:`get`)."""
+        return self._predictor
+
+    @property
+    def underway(self) -> str | None:
+        """The candidate the background thread is downloading or loading now, or None."""
+        activity = self._activity
+        return activity.candidate if activity is not None else None
+
+    def activity_markdown(self) -> str | None:
+        """"**Downloading `name`** (12.0 of 243.0 MB)…" while the background thread downloads or
+        loads a checkpoint; None otherwise."""
+        activity = self._activity
+        return activity.markdown() if activity is not None else None
+
     def start(self) -> "ModelSource":
         """Start loading in a background thread (once; a daemon: it never delays the exit).
         :meth:`get` waits for its first step, the candidates already on disk, never for a
@@ -141,6 +170,13 @@ class ModelSource:
                 self._thread = threading.Thread(target=self._load_in_background, daemon=True,
                                                 name="segfpn-model-source")
                 self._thread.start()
+        return self
+
+    def first_step(self) -> "ModelSource":
+        """:meth:`start`, and wait for its first step: the candidates on disk loaded (or their
+        problems known). A download may go on after it (:attr:`busy`)."""
+        self.start()
+        self._on_disk_tried.wait()
         return self
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -191,7 +227,7 @@ class ModelSource:
             except ModelUnavailable as e:
                 reasons = " ".join(p.message() for p in e.problems)
                 raise ReloadFailed(f"{reasons} The model loaded before "
-                                   f"({_label(self.loaded_from or 'model')}) stays in use.") from e
+                                   f"({checkpoint_label(self.loaded_from or 'model')}) stays in use.") from e
             self._use(*loaded)
             logger.info("reloaded the model from %s", self.loaded_from)
             return self._predictor
@@ -269,7 +305,8 @@ class ModelSource:
         self._activity = _Activity("downloading", candidate)
         found = self._locate(candidate, download=True)
         if isinstance(found, Unavailable):
-            logger.warning("%s The app goes on with %s.", found.message(), _label(self.loaded_from or "no model"))
+            logger.warning("%s The app goes on with %s.", found.message(),
+                           checkpoint_label(self.loaded_from or "no model"))
             with self._lock:
                 self._set_problem(found)
             return False
@@ -287,6 +324,8 @@ class ModelSource:
             before = self.candidates[:self.candidates.index(candidate)]
             self._use(predictor, candidate, [p for p in self.problems if p.candidate in before])
         logger.info("now using %s (downloaded while the app was serving)", candidate)
+        if self.on_arrival is not None:
+            self.on_arrival()
         return True
 
     def _load_first(self, candidates: Sequence[str], *, download: bool, fresh: bool = False
@@ -404,16 +443,21 @@ def _sentence(text: str) -> str:
     return text if text.endswith(".") else text + "."
 
 
-def _label(name: str) -> str:
+def checkpoint_label(name: str) -> str:
     """A checkpoint's short name: the file name of a path, a catalogue name as is."""
     return Path(name).name if Path(name).suffix else name
 
 
 def describe_model(predictor, name: str) -> str:
-    """"**name** · arch · 80 thing + 53 stuff classes · cpu" in Markdown."""
+    """"Model **name** · arch (kind) · 80 thing + 53 stuff classes · on cpu" in Markdown; a
+    box-only model says so."""
     categories = predictor.categories
     classes = f"{len(categories.things)} thing classes"
     if predictor.has_semantic_head:
         stuff = sum(1 for c in categories.stuff if c.id != 0)
         classes += f" + {stuff} stuff classes (panoptic)"
-    return f"Model **{_label(name)}** · `{predictor.arch}` · {classes} · on **{predictor.device}**"
+    kind = model_kind(predictor)
+    if kind in BOX_ONLY:
+        classes += ", boxes only"
+    return (f"Model **{checkpoint_label(name)}** · `{predictor.arch}` ({kind}) · {classes} · "
+            f"on **{predictor.device}**")

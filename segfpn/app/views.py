@@ -7,17 +7,24 @@ from __future__ import annotations
 import html
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from segfpn import viz
-from segfpn.app.session import Run
+from segfpn.app.session import RETINANET, Run
+from segfpn.model.levels import level_number, level_stride
 from segfpn.viz import pyramid as pyramid_viz
-from segfpn.model.levels import level_stride
+from segfpn.viz.levels import RETINANET_LEVELS, anchor_level_rule_text
 
-#: The pyramid levels the inspector offers: bottom-up (ResNet res2..res5) and FPN outputs.
+#: The pyramid levels of the two-stage models: bottom-up (ResNet res2..res5) and FPN outputs.
 LEVELS = ("c2", "c3", "c4", "c5", "p2", "p3", "p4", "p5", "p6")
+#: Every level the inspector may offer: also RetinaNet's p7 (its FPN outputs are p3-p7). After a
+#: run the inspector offers that run's own levels (:func:`run_levels`).
+INSPECTOR_LEVELS = (*LEVELS, "p7")
+#: The RoI levels of the two-stage models (their level rule clamps to these).
+ROI_LEVELS = (2, 5)
 #: (label, value) of the inspector's summaries, values as in :data:`segfpn.viz.ACTIVATION_MODES`.
 ACTIVATION_MODE_CHOICES = (("mean |activation|", "mean_abs"), ("max", "max"), ("L2 norm", "l2"),
                            ("single channel", "channel"), ("PCA: 3 components as RGB", "pca"))
@@ -126,6 +133,33 @@ def level_channels(run: Run, level: str) -> int:
     return int(run.features[level].shape[0])
 
 
+def run_levels(run: Run) -> list[str]:
+    """The levels the inspector offers for ``run``: those its model produced, bottom-up first."""
+    return sorted(run.features, key=lambda name: (name[0] != "c", level_number(name)))
+
+
+def nearest_level(run: Run, level: str | None) -> str:
+    """``level`` when ``run`` has it, else its level of the same kind nearest in stride (p2 of a
+    RetinaNet run: p3; p3 for no level)."""
+    levels = run_levels(run)
+    if level in levels:
+        return level
+    valid = bool(level) and level[0] in "cp" and level[1:].isdigit()
+    prefix, wanted = (level[0], level_number(level)) if valid else ("p", 3)
+    same_kind = [name for name in levels if name[0] == prefix] or levels
+    return min(same_kind, key=lambda name: abs(level_number(name) - wanted))
+
+
+def levels_info(levels) -> str:
+    """The inspector's note on its levels: "c2–c5: bottom-up ResNet stages · p3–p7: FPN outputs"."""
+    parts = []
+    for prefix, what in (("c", "bottom-up ResNet stages"), ("p", "FPN outputs")):
+        names = [name for name in levels if name.startswith(prefix)]
+        if names:
+            parts.append(f"{names[0]}–{names[-1]}: {what}")
+    return " · ".join(parts)
+
+
 def activation_view(run: Run, level: str, mode: str = "mean_abs", channel: int = 0,
                     *, alpha: float = 0.65) -> tuple[np.ndarray, str, int]:
     """``(overlay uint8 [H, W, 3], Markdown about the level, channel actually shown)``.
@@ -157,21 +191,44 @@ def activation_view(run: Run, level: str, mode: str = "mean_abs", channel: int =
     return overlay, info, channel
 
 
+#: The two rules a detection's level comes from, as the levels view's legend and rule line name them.
+ROI_RULE, ANCHOR_RULE = "RoI level by size", "anchor level that fired"
+
+
+def rule_line(run: Run | None = None, *, kind: str | None = None) -> str:
+    """The levels view's rule line, for ``run``'s model (or a model of ``kind``): "**Rule: RoI level
+    by size.** Each RoI of w×h pixels …" or "**Rule: anchor level that fired.** RetinaNet has no RoIs …"."""
+    kind = run.model_kind if run is not None else kind
+    if kind == RETINANET:
+        return f"**Rule: {ANCHOR_RULE}.** {anchor_level_rule_text()}"
+    text = f"**Rule: {ROI_RULE}.** {viz.level_rule_text()}"
+    if run is not None:
+        scale = run.result.input_size[0] / run.image.shape[0]
+        text += f" (Here the network input is this image scaled by {scale:.2f}.)"
+    return text
+
+
 def levels_view(run: Run, *, score_threshold: float = 0.5, classes: Iterable[str] | None = None,
                 source: str = "mask") -> tuple[np.ndarray, str]:
-    """``(drawing, Markdown)``: every kept detection's box in the colour of the pyramid level its
-    RoI was pooled from (``source`` "mask": the mask head's RoI, "box": the box head's), the
-    count per level, and the rule."""
+    """``(drawing, Markdown)``: every kept detection's box in the colour of its pyramid level,
+    the count per level, and the rule. A two-stage model's level is its RoI's (``source`` "mask":
+    the final box's, which the mask head pools; "box": the proposal's, which the box head pools);
+    a RetinaNet's is the anchor level that fired (``source`` does not matter)."""
     instances = run.result.instances
-    drawing = viz.draw_levels(run.image, instances, score_threshold=score_threshold,
-                              classes=_classes(classes), source=source)
+    anchor = run.anchor_levels
+    if anchor:
+        source, title, level_range = "mask", ANCHOR_RULE, RETINANET_LEVELS
+    else:
+        title = f"{ROI_RULE} ({'final box' if source == 'mask' else 'proposal'})"
+        level_range = ROI_LEVELS
+    drawing = viz.draw_levels(run.image, instances, score_threshold=score_threshold, classes=_classes(classes),
+                              source=source, title=title, level_range=level_range)
     keep = viz.visible_indices(instances, score_threshold=score_threshold, classes=_classes(classes))
     levels = (instances.levels if source == "mask" else instances.box_levels)[keep]
-    counts = viz.level_counts(levels)
+    counts = viz.level_counts(levels, min_level=level_range[0], max_level=level_range[1])
     per_level = " · ".join(f"**p{k}** (stride {2 ** k}): {n}" for k, n in counts.items())
-    scale = run.result.input_size[0] / run.image.shape[0]
-    text = (f"{per_level} — {len(keep)} detections with score ≥ {score_threshold:.2f}.\n\n"
-            f"{viz.level_rule_text()} (Here the network input is this image scaled by {scale:.2f}.)")
+    text = (f"{per_level} — {len(keep)} detections with score ≥ {score_threshold:.2f}, coloured by the "
+            f"{title}.\n\n{rule_line(run)}")
     return drawing, text
 
 
@@ -188,6 +245,8 @@ def run_summary(run: Run, *, views_drawn: bool = True) -> str:
     found = f"{len(r.instances)} detections"
     if r.panoptic is not None:
         found += f", {len(r.panoptic.segments)} panoptic segments"
+    if run.box_only:
+        found += " (boxes only)"
     t = run.timings
     heads = t.get("heads", 0.0) + t.get("semantic_head", 0.0)
     stages = [("preprocess", t.get("preprocess", 0.0)), ("backbone + FPN", t.get("backbone_fpn", 0.0)),
@@ -197,8 +256,33 @@ def run_summary(run: Run, *, views_drawn: bool = True) -> str:
     total = sum(v for _, v in stages)
     timing = " · ".join(f"{name} {seconds:.2f} s" for name, seconds in stages)
     state = "every view drawn" if views_drawn else "drawing the other views…"
+    model = f"{run.model_kind} **{Path(run.model_name).name}**" if run.model_name else run.model_kind
     return (f"**{run.name}** · {size} (network input {in_w} × {in_h}) · {found}  \n"
-            f"{timing} · **total {total:.2f} s** on **{run.device}** · {state}")
+            f"{timing} · **total {total:.2f} s** on **{run.device}** · {model} · {state}")
+
+
+def notices(run: Run) -> dict[str, str]:
+    """One line per view that ``run``'s model leaves empty, saying why ("" where nothing is
+    missing): "semantic", "panoptic", "downloads" (the files it has no data for) and "roi"
+    (explaining a detection and the what-if, which need RoIs)."""
+    kind = run.model_kind
+    lacks = (f"{kind} predicts boxes only (no masks, no semantic head)" if run.box_only
+             else f"{kind} has no semantic head")
+    semantic = panoptic = downloads = roi = ""
+    if run.result.semantic is None:
+        semantic = f"{lacks}: there is no semantic segmentation. A Panoptic FPN checkpoint has one."
+    if run.result.panoptic is None:
+        panoptic = f"{lacks}: there is no panoptic segmentation. A Panoptic FPN checkpoint has one."
+        downloads = f"{lacks}: no panoptic files."
+    if run.box_only:
+        downloads = (f"{kind} predicts boxes only: the COCO results JSON has boxes and scores without "
+                     "`segmentation`, there are no panoptic files, and exports that need masks are skipped.")
+    if run.inspection is None:
+        roi = (f"{kind} has no RoIs: each detection comes from an anchor on one level, p3–p7 (the levels view "
+               "shows which), so there is no RoI to explain level by level and no RoI head to run again; the "
+               "scale sweep and the scores per level work." if run.anchor_levels
+               else f"{kind}: this run kept nothing to explain its detections with.")
+    return {"semantic": semantic, "panoptic": panoptic, "downloads": downloads, "roi": roi}
 
 
 def semantic_legend(run: Run) -> str:
@@ -240,14 +324,16 @@ def visible(run: Run, *, score_threshold: float, classes: Iterable[str] | None =
 
 def detection_rows(run: Run, *, score_threshold: float, classes: Iterable[str] | None = None) -> list[list]:
     """One row per shown detection, columns :data:`DETECTION_COLUMNS`; the size is √(wh) of its
-    box in network pixels, the number the level rule reads."""
+    box in network pixels, the number the level rule reads. A RetinaNet detection has no box RoI
+    level ("—")."""
     instances = run.result.instances
     scale = run.result.input_size[0] / run.result.image_size[0]
     boxes = instances.boxes * scale
     sizes = np.sqrt(np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0))
     names = instances.names
+    anchor = run.anchor_levels
     return [[int(i), names[i], round(float(instances.scores[i]), 3), round(float(sizes[i]), 1),
-             f"p{int(instances.levels[i])}", f"p{int(instances.box_levels[i])}"]
+             f"p{int(instances.levels[i])}", "—" if anchor else f"p{int(instances.box_levels[i])}"]
             for i in visible(run, score_threshold=score_threshold, classes=classes).tolist()]
 
 
@@ -276,7 +362,8 @@ def explanation_view(explanation, *, grid_mode: str = "mean_abs") -> tuple[str, 
     box = ", ".join(f"{v:.1f}" for v in e.box.tolist())
     lines = [f"**#{e.index} {e.class_name}** · score {e.score:.3f} · box ({box}) in the image, "
              f"√(wh) = {e.size:.1f} px in the network input ({e.input_size[1]} × {e.input_size[0]})",
-             f"- mask head RoI (the final box): {e.mask_rule.text()}",
+             (f"- mask head RoI (the final box): {e.mask_rule.text()}" if e.mask_grids is not None
+              else f"- the final box (no mask head pools it): {e.mask_rule.text()}"),
              f"- box head RoI (its proposal): {e.box_rule.text()}",
              f"- grids, fine to coarse: {', '.join(f'p{int(k)}' for k in e.box_grids.levels)} "
              f"(box RoI 7 × 7, its level p{e.box_level})"
@@ -336,7 +423,8 @@ def sweep_tables(sweep) -> tuple[list[dict], list[dict], list[dict], str]:
                                 "score": float(sweep.track_scores[t, s]), "object": name})
     shares = [{"input size": int(size), "share": float(sweep.level_shares[s, k]), "level": f"p{int(level)}"}
               for s, size in enumerate(sweep.sizes.tolist()) for k, level in enumerate(sweep.levels.tolist())]
-    counts = [{"input size": int(size), "detections": int(sweep.counts[s])} for s, size in enumerate(sweep.sizes.tolist())]
+    counts = [{"input size": int(size), "detections": int(sweep.counts[s])}
+              for s, size in enumerate(sweep.sizes.tolist())]
     moved = sum(1 for t in range(sweep.num_tracks) if len(set(sweep.track_levels[t][sweep.track_levels[t] >= 0])) > 1)
     text = (f"{len(sweep.sizes)} input sizes ({sweep.sizes[0]}…{sweep.sizes[-1]} px, shorter side), "
             f"{sweep.num_tracks} objects followed (score ≥ {sweep.score_threshold:g}, box IoU ≥ "
@@ -345,15 +433,16 @@ def sweep_tables(sweep) -> tuple[list[dict], list[dict], list[dict], str]:
     return objects, shares, counts, text
 
 
-def level_metric_rows(metrics) -> tuple[list[list], str]:
+def level_metric_rows(metrics, *, anchor_levels: bool = False) -> tuple[list[list], str]:
     """Rows (:data:`LEVEL_METRIC_COLUMNS`) and a Markdown note of a
-    :class:`~segfpn.evaluation.by_level.LevelMetrics`."""
+    :class:`~segfpn.evaluation.by_level.LevelMetrics` (``anchor_levels``: of a RetinaNet)."""
     rows = []
     for row in metrics.table():
         rows.append([row["level"], row["objects"], row["found"],
                      None if row["recall"] is None else round(row["recall"], 3), row["detections"], row["correct"],
                      None if row["precision"] is None else round(row["precision"], 3)])
+    source = "the level of the anchor that fired" if anchor_levels else "the level their RoI was pooled from"
     text = (f"Objects get the level their ground-truth box maps to under the model's rule at this input size; "
-            f"detections the level their RoI was pooled from. A match: same class, box IoU ≥ "
+            f"detections {source}. A match: same class, box IoU ≥ "
             f"{metrics.iou_threshold:g}, score ≥ {metrics.score_threshold:g}.")
     return rows, text

@@ -147,100 +147,50 @@ def _limit_from_float32_values(num_values: int) -> int:
 _TORCHVISION_DOCS = ("https://docs.pytorch.org/vision/stable/models/generated/"
                      "torchvision.models.detection.")
 
+
+def _torchvision(builder: str, *, sha256_prefix: str, weights_enum: str, metrics: dict[str, float],
+                 file_size_mib: float, notes: str) -> KnownCheckpoint:
+    """A COCO_V1 entry of torchvision's ``weights_enum``, built from its url and meta."""
+    file_name = f"{builder}_coco-{sha256_prefix}.pth"
+    return KnownCheckpoint(
+        name=builder,
+        arch=builder,
+        format="torchvision",
+        url=f"https://download.pytorch.org/models/{file_name}",
+        file_name=file_name,
+        categories="coco_instances_torchvision",
+        metrics=metrics,
+        source_url=f"{_TORCHVISION_DOCS}{builder}.html",
+        approx_size_mb=file_size_mib,
+        max_size_bytes=_limit_from_mib(file_size_mib),
+        sha256_prefix=sha256_prefix,
+        notes=f"torchvision {weights_enum}.COCO_V1 ({notes}).",
+    )
+
+
 _TORCHVISION = (
-    KnownCheckpoint(
-        name="maskrcnn_resnet50_fpn",
-        arch="maskrcnn_resnet50_fpn",
-        format="torchvision",
-        url="https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
-        file_name="maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
-        categories="coco_instances_torchvision",
-        metrics={"box_ap": 37.9, "mask_ap": 34.6},
-        source_url=_TORCHVISION_DOCS + "maskrcnn_resnet50_fpn.html",
-        approx_size_mb=169.84,
-        max_size_bytes=_limit_from_mib(169.84),
-        sha256_prefix="bf2d0c1e",
-        notes="torchvision MaskRCNN_ResNet50_FPN_Weights.COCO_V1 (the paper's recipe).",
-    ),
-    KnownCheckpoint(
-        name="maskrcnn_resnet50_fpn_v2",
-        arch="maskrcnn_resnet50_fpn_v2",
-        format="torchvision",
-        url="https://download.pytorch.org/models/maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
-        file_name="maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
-        categories="coco_instances_torchvision",
-        metrics={"box_ap": 47.4, "mask_ap": 41.8},
-        source_url=_TORCHVISION_DOCS + "maskrcnn_resnet50_fpn_v2.html",
-        approx_size_mb=177.219,
-        max_size_bytes=_limit_from_mib(177.219),
-        sha256_prefix="73cbd019",
-        notes="torchvision MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1 (improved recipe, "
-              "pytorch/vision#5773).",
-    ),
-    KnownCheckpoint(
-        name="fasterrcnn_resnet50_fpn",
-        arch="fasterrcnn_resnet50_fpn",
-        format="torchvision",
-        url="https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth",
-        file_name="fasterrcnn_resnet50_fpn_coco-258fb6c6.pth",
-        categories="coco_instances_torchvision",
-        metrics={"box_ap": 37.0},
-        source_url=_TORCHVISION_DOCS + "fasterrcnn_resnet50_fpn.html",
-        approx_size_mb=159.743,
-        max_size_bytes=_limit_from_mib(159.743),
-        sha256_prefix="258fb6c6",
-        notes="torchvision FasterRCNN_ResNet50_FPN_Weights.COCO_V1 (boxes only).",
-    ),
-    KnownCheckpoint(
-        name="fasterrcnn_resnet50_fpn_v2",
-        arch="fasterrcnn_resnet50_fpn_v2",
-        format="torchvision",
-        url="https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
-        file_name="fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
-        categories="coco_instances_torchvision",
-        metrics={"box_ap": 46.7},
-        source_url=_TORCHVISION_DOCS + "fasterrcnn_resnet50_fpn_v2.html",
-        approx_size_mb=167.104,
-        max_size_bytes=_limit_from_mib(167.104),
-        sha256_prefix="dd69338a",
-        notes="torchvision FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1 (boxes only, improved recipe).",
-    ),
-    KnownCheckpoint(
-        name="retinanet_resnet50_fpn",
-        arch="retinanet_resnet50_fpn",
-        format="torchvision",
-        url="https://download.pytorch.org/models/retinanet_resnet50_fpn_coco-eeacb38b.pth",
-        file_name="retinanet_resnet50_fpn_coco-eeacb38b.pth",
-        categories="coco_instances_torchvision",
-        metrics={"box_ap": 36.4},
-        source_url=_TORCHVISION_DOCS + "retinanet_resnet50_fpn.html",
-        approx_size_mb=130.267,
-        max_size_bytes=_limit_from_mib(130.267),
-        sha256_prefix="eeacb38b",
-        notes="torchvision RetinaNet_ResNet50_FPN_Weights.COCO_V1 (one-stage, boxes only).",
-    ),
-    KnownCheckpoint(
-        name="retinanet_resnet50_fpn_v2",
-        arch="retinanet_resnet50_fpn_v2",
-        format="torchvision",
-        url="https://download.pytorch.org/models/retinanet_resnet50_fpn_v2_coco-5905b1c5.pth",
-        file_name="retinanet_resnet50_fpn_v2_coco-5905b1c5.pth",
-        categories="coco_instances_torchvision",
-        metrics={"box_ap": 41.5},
-        source_url=_TORCHVISION_DOCS + "retinanet_resnet50_fpn_v2.html",
-        approx_size_mb=146.037,
-        max_size_bytes=_limit_from_mib(146.037),
-        sha256_prefix="5905b1c5",
-        notes="torchvision RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1 (one-stage, boxes only, "
-              "pytorch/vision#5756).",
-    ),
+    _torchvision("maskrcnn_resnet50_fpn", sha256_prefix="bf2d0c1e", weights_enum="MaskRCNN_ResNet50_FPN_Weights",
+                 metrics={"box_ap": 37.9, "mask_ap": 34.6}, file_size_mib=169.84, notes="the paper's recipe"),
+    _torchvision("maskrcnn_resnet50_fpn_v2", sha256_prefix="73cbd019",
+                 weights_enum="MaskRCNN_ResNet50_FPN_V2_Weights", metrics={"box_ap": 47.4, "mask_ap": 41.8},
+                 file_size_mib=177.219, notes="improved recipe, pytorch/vision#5773"),
+    _torchvision("fasterrcnn_resnet50_fpn", sha256_prefix="258fb6c6", weights_enum="FasterRCNN_ResNet50_FPN_Weights",
+                 metrics={"box_ap": 37.0}, file_size_mib=159.743, notes="boxes only"),
+    _torchvision("fasterrcnn_resnet50_fpn_v2", sha256_prefix="dd69338a",
+                 weights_enum="FasterRCNN_ResNet50_FPN_V2_Weights", metrics={"box_ap": 46.7},
+                 file_size_mib=167.104, notes="boxes only, improved recipe"),
+    _torchvision("retinanet_resnet50_fpn", sha256_prefix="eeacb38b", weights_enum="RetinaNet_ResNet50_FPN_Weights",
+                 metrics={"box_ap": 36.4}, file_size_mib=130.267, notes="one-stage, boxes only"),
+    _torchvision("retinanet_resnet50_fpn_v2", sha256_prefix="5905b1c5",
+                 weights_enum="RetinaNet_ResNet50_FPN_V2_Weights", metrics={"box_ap": 41.5},
+                 file_size_mib=146.037, notes="one-stage, boxes only, pytorch/vision#5756"),
 )
 
 
 # ---------------------------------------------------------------------------------------------
-# detectron2. Source: detectron2 MODEL_ZOO.md at commit 02b5c4e295e990042a714712c21dc79b731e8833
-# (copied into /work/shared/fixtures/d2_model_zoo.md): url, model id, box AP / mask AP / PQ, for
-# COCO-PanopticSegmentation, COCO-InstanceSegmentation and (box AP only) COCO-Detection. The six
+# detectron2. Source: detectron2 MODEL_ZOO.md at commit 02b5c4e295e990042a714712c21dc79b731e8833,
+# its tables of COCO-PanopticSegmentation, COCO-InstanceSegmentation and COCO-Detection (box AP
+# only): url, model id, box AP / mask AP / PQ. The six
 # hex digits of model_final_<md5>.pkl are the start of the file's md5. No file sizes are published.
 # The LSJ "new_baselines" are left out on purpose: their key layout (SyncBN, 4conv1fc box head)
 # matches none of our ARCHITECTURES.

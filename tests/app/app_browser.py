@@ -74,9 +74,11 @@ def wait_for_image(page, selector: str) -> None:
         arg=selector, timeout=STEP_TIMEOUT_MS)
 
 
-def segment(page, url: str, photo: Path) -> None:
-    """Open the app, upload ``photo``, press Segment and wait until every view is drawn."""
-    page.goto(url)
+def segment(page, url: str, photo: Path, *, reload: bool = True) -> None:
+    """Open the app (``reload=False``: go on on the page as it is: same session), upload ``photo``,
+    press Segment and wait until every view is drawn."""
+    if reload:
+        page.goto(url)
     page.wait_for_selector("#segment-button")
     page.locator("#input-image input[type=file]").set_input_files(str(photo))
     wait_for_image(page, "#input-image img")
@@ -85,6 +87,12 @@ def segment(page, url: str, photo: Path) -> None:
     wait_for_text(page, "#run-info", "drawing")
     wait_for_text(page, "#run-info", "every view drawn")
     wait_for_text(page, "#instance-info", "detections shown")
+
+
+def pick_model(page, label: str) -> None:
+    """Choose the entry of the model picker whose label contains ``label``."""
+    page.locator("#model-picker input").click()
+    page.locator("#model-picker [role=option]").filter(has_text=label).first.click()
 
 
 def open_tab(page, name: str) -> None:

@@ -1,11 +1,12 @@
-"""Helpers for the app tests: the photos, a predictor that counts its calls, serving the app."""
+"""Helpers for the app tests: the photos, a predictor that counts its calls, tiny box-only
+checkpoints, serving the app."""
 
 from __future__ import annotations
 
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -18,6 +19,57 @@ PHOTO = ROOT / "examples" / "images" / "voc2007_000001_portrait.jpg"
 SECOND_PHOTO = ROOT / "examples" / "images" / "chelsea_cat.png"
 #: Where the browser test leaves its screenshots (git-ignored).
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+#: detectron2's Panoptic FPN at a tiny width (tests/data/d2_mini/README.md).
+MINI_CHECKPOINT = ROOT / "tests" / "data" / "d2_mini" / "panoptic_fpn_mini.pkl"
+#: Its inference settings for fast tests: a 128 px network input, few proposals, 10 detections
+#: (as tests/robustness/serve_app.py's --small-input).
+SMALL_INPUT = {"input": {"min_size": 128, "max_size": 256},
+               "rpn": {"pre_nms_topk": 200, "post_nms_topk": 100},
+               "box_head": {"detections_per_image": 10}}
+#: The box-only architectures of the tiny checkpoints (:func:`save_tiny_box_only`), by file stem.
+TINY_BOX_ONLY = {"tiny_faster_rcnn": "faster_rcnn_R_50_FPN", "tiny_retinanet": "retinanet_R_50_FPN"}
+
+
+def small_loader(path, *, device=None):
+    """``segfpn.load`` for the app's model sources: detectron2 pickles (the mini checkpoint) with
+    :data:`SMALL_INPUT`, any other file as it is."""
+    import segfpn
+
+    overrides = SMALL_INPUT if Path(path).suffix == ".pkl" else None
+    return segfpn.load(path, device=device, overrides=overrides)
+
+
+def save_tiny_box_only(folder: Path, *, seed: int = 0) -> dict[str, Path]:
+    """A tiny random Faster R-CNN and RetinaNet (ResNet-18 at 1/4 width, 16 FPN channels, a 256 px
+    input, 80 COCO classes, few proposals, class scores spread so that some pass 0.5) saved as segfpn
+    ``.safetensors`` in ``folder``: ``{stem: path}`` of :data:`TINY_BOX_ONLY`. Built unoptimised
+    (a Predictor's folded BatchNorm must not be saved)."""
+    import torch
+
+    from segfpn.categories import coco_instance_categories
+    from segfpn.checkpoints.loading import save_native
+    from segfpn.config import ARCHITECTURES, BackboneConfig
+    from segfpn.model.build import build_model
+
+    paths = {}
+    for stem, arch in TINY_BOX_ONLY.items():
+        config = ARCHITECTURES[arch]()
+        changes = dict(backbone=BackboneConfig(depth=18, stem_channels=8, res2_out_channels=16),
+                       input=replace(config.input, min_size=256, max_size=400),
+                       fpn=replace(config.fpn, out_channels=16))
+        if config.box_head is not None:  # few proposals: fast on a busy CPU
+            changes["rpn"] = replace(config.rpn, pre_nms_topk=200, post_nms_topk=100)
+            changes["box_head"] = replace(config.box_head, fc_channels=(32, 32), detections_per_image=30)
+        if config.retina_head is not None:
+            changes["retina_head"] = replace(config.retina_head, num_convs=2, norm_groups=8, detections_per_image=50)
+        torch.manual_seed(seed)
+        model = build_model(config.replace(num_classes=80, **changes)).eval()
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith(("cls_score.weight", "cls_score.bias")):
+                    parameter.normal_(0, 1.0)
+        paths[stem] = save_native(Path(folder) / f"{stem}.safetensors", model, coco_instance_categories(), arch=arch)
+    return paths
 
 
 class CountingPredictor:
@@ -56,12 +108,25 @@ class Server:
     url: str
     demo: object
     predictor: object = None
+    models: object = None  # the app's ModelPool, when the test made it
 
 
-def serve(model) -> Server:
-    """Build the app around ``model`` and serve it from this process (a background thread) on
-    127.0.0.1 and a free port. Close it with ``server.demo.close()``."""
-    demo = app.build_demo(model)
+def serve(model, *, models=None) -> Server:
+    """Build the app around ``model`` (``models``: its ModelPool, see :func:`serve_with_picker`)
+    and serve it from this process (a background thread) on 127.0.0.1 and a free port. Close it
+    with ``server.demo.close()``."""
+    demo = app.build_demo(model, models=models)
     _, url, _ = app.launch(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True,
                            quiet=True)
-    return Server(url=url, demo=demo, predictor=model)
+    return Server(url=url, demo=demo, predictor=model, models=models)
+
+
+def serve_with_picker(weights_dir: Path, *, default=MINI_CHECKPOINT, capacity: int = 2) -> Server:
+    """The app with ``default`` (the mini checkpoint, :func:`small_loader`) and a model picker
+    listing the checkpoint files of ``weights_dir``; downloads off."""
+    from segfpn.app.models import ModelPool
+    from segfpn.app.source import ModelSource
+
+    source = ModelSource([str(default)], device="cpu", loader=small_loader, allow_download=False)
+    pool = ModelPool(source, capacity=capacity, weights_dir=weights_dir, allow_download=False)
+    return serve(source, models=pool)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from app_browser import (browser_page, choose, missing_browser, open_tab, pixels, segment, text_of,
+from app_browser import (browser_page, choose, missing_browser, open_tab, pick_model, pixels, segment, text_of,
                          wait_for_image, wait_for_text)
-from app_testing import PHOTO, SCREENSHOTS
+from app_testing import PHOTO, SCREENSHOTS, save_tiny_box_only, serve_with_picker
 
 from testdata import photo_frames, write_video
 
@@ -82,3 +82,32 @@ def test_exports_video_and_webcam_in_a_browser(server, tmp_path):
         wait_for_image(page, "#webcam-output img")
         _not_blank(pixels(page, "#webcam-output img"), "the segmented webcam frame")
         _not_blank(pixels(page, path=SCREENSHOTS / "app_6_webcam.png"), "the page")
+
+
+def test_pick_a_retinanet_and_segment_in_a_browser(tmp_path):
+    """The model picker: a tiny RetinaNet chosen, then every view of its run says what it has."""
+    problem = missing_browser()
+    if problem:
+        pytest.fail(f"The browser test needs Playwright and Chromium: {problem}", pytrace=False)
+    save_tiny_box_only(tmp_path)
+    server = serve_with_picker(tmp_path)
+    try:
+        with browser_page() as page:
+            page.goto(server.url)
+            wait_for_text(page, "#model-status", "(Panoptic FPN)")
+            pick_model(page, "tiny_retinanet.safetensors")
+            wait_for_text(page, "#model-status", "(RetinaNet)")
+            segment(page, server.url, PHOTO, reload=False)
+            assert "RetinaNet **tiny_retinanet.safetensors**".replace("**", "") in text_of(page, "#run-info")
+            _not_blank(pixels(page, "#instances-image img"), "the box overlay", min_std=20.0)
+            open_tab(page, "Semantic")
+            assert "RetinaNet predicts boxes only" in text_of(page, "#semantic-note")
+            open_tab(page, "Pyramid inspector")
+            choose(page, "level-radio", "p7")
+            wait_for_text(page, "#pyramid-info", "p7 · FPN output")
+            open_tab(page, "Levels")
+            assert "Rule: anchor level that fired." in text_of(page, "#levels-info")
+            assert "RetinaNet has no RoIs" in text_of(page, "#roi-note")
+            _not_blank(pixels(page, path=SCREENSHOTS / "app_7_retinanet_levels.png"), "the page")
+    finally:
+        server.demo.close()
