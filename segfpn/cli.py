@@ -38,7 +38,8 @@ def _add_predict(subparsers) -> None:
                    "under torchrun cuda:LOCAL_RANK)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="fp32 (default) gives the reference outputs; bf16 (CPU or GPU) and fp16 (GPU) are faster")
-    p.add_argument("--batch-size", type=_positive_int, default=1, help="images per forward pass (more than 1 pays on a GPU)")
+    p.add_argument("--batch-size", type=_positive_int, default=1,
+                   help="images per forward pass (more than 1 pays on a GPU)")
     p.add_argument("--overlay", choices=["panoptic", "instances"], default=None,
                    help="what the overlay PNG shows: the panoptic segments (a model with a semantic head: Panoptic "
                         "FPN) or the instances (masks, boxes, labels with score >= 0.5, as the app's Instances view; "
@@ -324,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     install_cleanup_handlers()  # a SIGTERM or Ctrl-C during a download leaves no partial file
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except (UsageError, CheckpointError, ImageError, CategoryMismatch, FileNotFoundError, NotADirectoryError) as exc:

@@ -191,6 +191,8 @@ def write_result(result: Result, image: np.ndarray, out_dir: str | os.PathLike, 
                                           png_name=files.panoptic_png.name)
         write_panoptic_png(files.panoptic_png, rgb)
         write_json(files.panoptic_json, document)
-    write_png(files.overlay, overlay_image if overlay_image is not None else draw_overlay(image, result, overlay=overlay))
+    if overlay_image is None:
+        overlay_image = draw_overlay(image, result, overlay=overlay)
+    write_png(files.overlay, overlay_image)
     write_json(files.instances, instances_to_coco_results(result.instances, image_id=image_id))
     return files

@@ -236,7 +236,8 @@ def read_frames(path: str | os.PathLike, *, every: int = 1, start: int = 0, max_
                 break
             except (av.error.FFmpegError, ValueError) as exc:
                 if index < 0:
-                    raise VideoError(f"{path.name} could not be decoded (damaged or truncated): {_reason(exc)}") from None
+                    raise VideoError(f"{path.name} could not be decoded (damaged or truncated): "
+                                     f"{_reason(exc)}") from None
                 reason = f"decoding stopped after frame {index}: {_reason(exc)} (damaged or truncated?)"
                 logger.warning("%s: %s", path.name, reason)
                 if problems is not None:
@@ -345,8 +346,9 @@ def video_files(out_dir: str | os.PathLike, video_name: str | os.PathLike) -> Vi
 
 def _identity(path: Path, info: VideoInfo, options: dict) -> dict:
     stat = path.stat()
-    return json.loads(json.dumps({"file_name": path.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "width": info.width,
-            "height": info.height, "options": options}))  # as it reads back from JSON
+    identity = {"file_name": path.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "width": info.width,
+                "height": info.height, "options": options}
+    return json.loads(json.dumps(identity))  # as it reads back from JSON
 
 
 class _Progress:
@@ -390,7 +392,8 @@ def predict_video(predictor, video: str | os.PathLike, out_dir: str | os.PathLik
     :class:`VideoCancelled` is raised, finished parts are kept for the next run.
     """
     if every < 1 or batch_size < 1 or part_frames < 1:
-        raise ValueError(f"every, batch_size and part_frames must be at least 1, got {every}, {batch_size}, {part_frames}")
+        raise ValueError("every, batch_size and part_frames must be at least 1, "
+                         f"got {every}, {batch_size}, {part_frames}")
     video, out_dir = Path(video), Path(out_dir)
     info = probe_video(video, max_side=max_side)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -453,7 +456,8 @@ def predict_video(predictor, video: str | os.PathLike, out_dir: str | os.PathLik
     del video_info["path"]
     join_parts(files.video, [(work / p["video"], p["start_s"]) for p in parts])
     categories = parts[-1]["categories"]
-    write_atomic(files.results, lambda f: _write_results(f, video_info, categories, [work / p["results"] for p in parts]))
+    part_results = [work / p["results"] for p in parts]
+    write_atomic(files.results, lambda f: _write_results(f, video_info, categories, part_results))
     shutil.rmtree(work, ignore_errors=True)
     return report
 

@@ -61,7 +61,8 @@ def level_rule(config: ModelConfig) -> PoolerConfig:
     head = config.retina_head
     first = int(config.fpn.in_features[0][1:])
     scales = sorted(head.anchor_scales)
-    return PoolerConfig(canonical_level=first, canonical_size=float(head.anchor_sizes[0]) * math.sqrt(scales[0] * scales[-1] / 2),
+    canonical_size = float(head.anchor_sizes[0]) * math.sqrt(scales[0] * scales[-1] / 2)
+    return PoolerConfig(canonical_level=first, canonical_size=canonical_size,
                         level_epsilon=0.0, level_log_epsilon=0.0, min_level=first,
                         max_level=first + len(head.anchor_sizes) - 1)
 
@@ -277,7 +278,8 @@ def image_ground_truth(gt: str | os.PathLike | Mapping | COCO, *, image: int | s
             raise ValueError(f"the ground truth has no image with id {image}")
     else:
         name = os.path.basename(str(image))
-        found = [e for e in images if e.get("file_name") == str(image) or os.path.basename(e.get("file_name", "")) == name]
+        found = [e for e in images
+                 if e.get("file_name") == str(image) or os.path.basename(e.get("file_name", "")) == name]
         if len(found) != 1:
             known = ", ".join(str(e.get("file_name")) for e in images[:8])
             raise ValueError(f"{'no' if not found else len(found)} ground-truth images named {name!r}; "

@@ -54,7 +54,8 @@ def instance_cutout(image: np.ndarray, instances: Instances, index: int) -> tupl
         rgba[..., 3] = 255  # a box-only model: the box is the cut-out
     elif bounds is not None:
         rows, cols = bounds
-        rgba[rows.start - y0:rows.stop - y0, cols.start - x0:cols.stop - x0, 3] = instances.masks.crops[index] * np.uint8(255)
+        alpha = instances.masks.crops[index] * np.uint8(255)
+        rgba[rows.start - y0:rows.stop - y0, cols.start - x0:cols.stop - x0, 3] = alpha
     return rgba, (x0, y0)
 
 
@@ -68,13 +69,15 @@ def write_cutouts(path: str | os.PathLike, image: np.ndarray, instances: Instanc
             for number, i in enumerate(np.asarray(keep).tolist(), start=1):
                 rgba, _ = instance_cutout(image, instances, i)
                 name = instances.class_names[int(instances.labels[i])]
-                archive.writestr(f"instances/{number:03d}_{_safe(name)}_{float(instances.scores[i]):.2f}.png", _png(rgba))
+                score = float(instances.scores[i])
+                archive.writestr(f"instances/{number:03d}_{_safe(name)}_{score:.2f}.png", _png(rgba))
             for segment in segments:
                 if segment.id not in boxes:
                     continue  # no pixel left
                 _, (x, y, bw, bh) = boxes[segment.id]
                 ids = panoptic.segment_ids[y:y + bh, x:x + bw]
-                rgba = np.concatenate([image[y:y + bh, x:x + bw], (ids == segment.id)[..., None] * np.uint8(255)], axis=2)
+                alpha = (ids == segment.id)[..., None] * np.uint8(255)
+                rgba = np.concatenate([image[y:y + bh, x:x + bw], alpha], axis=2)
                 archive.writestr(f"segments/{segment.id:03d}_{_safe(segment.class_name)}.png", _png(rgba))
 
     return write_atomic(path, write)

@@ -338,7 +338,8 @@ def test_eval_by_level_writes_and_prints_ap_per_level(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--by-level", "--instances", "x.json", "--predictions-dir", "p"], "--by-level runs the model"),
-    (["--by-level", "--weights", "w", "--images", "i", "--out", "o", "--panoptic", "p.json"], "--by-level needs --instances"),
+    (["--by-level", "--weights", "w", "--images", "i", "--out", "o", "--panoptic", "p.json"],
+     "--by-level needs --instances"),
 ])
 def test_eval_by_level_usage_errors_are_one_line(args, message, capsys):
     from segfpn.cli import main

@@ -241,7 +241,8 @@ def test_ground_truth_of_other_categories_is_an_error_not_all_zeros(coco_mini, t
     from segfpn.cli import main
 
     annotations = coco_mini / "annotations"
-    status = main(["eval", "--weights", str(Path(segfpn.__file__).parents[1] / "weights" / "synthetic_panoptic_fpn.safetensors"),
+    bundled = Path(segfpn.__file__).parents[1] / "weights" / "synthetic_panoptic_fpn.safetensors"
+    status = main(["eval", "--weights", str(bundled),
                    "--images", str(coco_mini / "images"), "--instances", str(annotations / "instances_val2017.json"),
                    "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()

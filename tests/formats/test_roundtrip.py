@@ -84,7 +84,8 @@ def random_mask(rng, h, w, parts):
         axes = (int(rng.integers(2, w // 2 + 2)), int(rng.integers(2, h // 2 + 2)))
         cv2.ellipse(mask, center, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
     for _ in range(int(rng.integers(0, 3))):  # holes, or bites out of the edge
-        cv2.circle(mask, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(1, max(2, w // 6))), 0, -1)
+        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        cv2.circle(mask, centre, int(rng.integers(1, max(2, w // 6))), 0, -1)
     return mask.astype(bool)
 
 

@@ -158,7 +158,8 @@ def test_bad_videos_get_a_clear_error(tmp_path, clip, real_predictor, videos):
 
 
 def test_a_video_cut_partway_keeps_the_frames_before_the_cut(tmp_path, real_predictor, videos):
-    path = videos.write_video(tmp_path / "whole.mp4", videos.photo_frames(40), container_options={"movflags": "+faststart"})
+    path = videos.write_video(tmp_path / "whole.mp4", videos.photo_frames(40),
+                              container_options={"movflags": "+faststart"})
     data = path.read_bytes()
     cut = tmp_path / "cut_faststart.mp4"
     cut.write_bytes(data[: int(len(data) * 0.6)])
