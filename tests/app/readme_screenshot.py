@@ -1,6 +1,8 @@
-r"""Make docs/screenshot.png, the README's picture of the app with results.
+r"""Make docs/screenshot.png, the README's picture of the app with results (and docs/levels.png).
 
     PYTHONPATH=. python tests/app/readme_screenshot.py        # mini test checkpoint, pyramid inspector at p3
+    PYTHONPATH=. python tests/app/readme_screenshot.py --weights weights/synthetic_panoptic_fpn.safetensors \
+        --photo examples/images/synthetic_shapes_1.png --tab Levels --score 0.5 --out docs/levels.png
     PYTHONPATH=. python tests/app/readme_screenshot.py --weights weights/model_final_cafdb1.pkl \
         --tab Instances --score 0.5
 
@@ -32,6 +34,7 @@ def main(argv=None) -> None:
     parser.add_argument("--tab", default="Pyramid inspector", help="the tab to show")
     parser.add_argument("--level", default="p3", help="pyramid level for the inspector")
     parser.add_argument("--mode", default="mean |activation|", help="inspector mode (its label)")
+    parser.add_argument("--explain", type=int, default=0, help="Levels tab: the detection (table row) to explain")
     parser.add_argument("--out", default=str(ROOT / "docs/screenshot.png"))
     args = parser.parse_args(argv)
     problem = missing_browser()
@@ -53,10 +56,23 @@ def main(argv=None) -> None:
                 wait_for_text(page, "#pyramid-info", f"{args.level} ·")
                 choose(page, "mode-radio", args.mode)
                 wait_for_text(page, "#pyramid-info", f"showing {args.mode}")
+            if args.tab == "Levels":  # one detection explained
+                page.locator(f'#detection-table [data-testid="cell-{args.explain}-1"]').click()
+                wait_for_text(page, "#rule-text", f"#{args.explain} ")
             page.wait_for_timeout(1500)
             out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(out))
+            if args.tab == "Levels":  # the tab's panel, from the picture to the activation bars
+                scrolled = page.evaluate("() => [window.scrollX, window.scrollY]")
+                parts = ("#levels-image", "#detection-table", "#activation-bars")
+                boxes = [page.locator(part).bounding_box() for part in parts]
+                picture, table, end = ({**b, "x": b["x"] + scrolled[0], "y": b["y"] + scrolled[1]} for b in boxes)
+                left, top = picture["x"] - 16, picture["y"] - 165
+                page.screenshot(path=str(out), full_page=True,
+                                clip={"x": left, "y": top, "width": table["x"] + table["width"] + 16 - left,
+                                      "height": end["y"] + end["height"] + 16 - top})
+            else:
+                page.screenshot(path=str(out))
             print(f"wrote {out}")
     finally:
         server.demo.close()
