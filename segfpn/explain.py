@@ -19,7 +19,6 @@ arrays in dataclasses. Boxes are xyxy; "network pixels" are those of the resized
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -32,10 +31,10 @@ import torch
 
 from segfpn.config import ModelConfig, PoolerConfig
 from segfpn.evaluation.agreement import Tolerances, box_iou
-from segfpn.model.box_head import select_detections
-from segfpn.model.boxes import clip_boxes, nonempty
+from segfpn.model.levels import level_number, level_stride
+from segfpn.model.network import StageClock
 from segfpn.model.poolers import assign_levels
-from segfpn.model.postprocess import rescale_boxes
+from segfpn.model.postprocess import boxes_to_image
 from segfpn.model.roi_align import roi_align
 from segfpn.model.roi_heads import InstanceOutputs
 from segfpn.model.rpn import Proposals
@@ -180,6 +179,7 @@ class Inspection:
     result_index: int64 [N]: the index into ``detections`` of each of ``result.instances`` (the
     same unless the model drops boxes emptied by clipping to the image).
     rule: the level rule of the run (the model's own; :meth:`Predictor.what_if` changes it from there).
+    proposal_index: int64 [len(detections)]: the proposal each of ``detections`` came from.
     Made by :meth:`Predictor.inspect`; ``Predictor.explain`` / ``what_if`` take it, so this holds
     data only (no model: a session can keep it).
     """
@@ -191,25 +191,21 @@ class Inspection:
     result_index: np.ndarray
     rule: PoolerConfig
     model: weakref.ref = field(repr=False)
-    proposal_index: np.ndarray | None = field(default=None, repr=False)
+    proposal_index: np.ndarray = field(repr=False)
     mean_abs_maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_outputs(cls, result: Result, outputs, *, rule: PoolerConfig, model, clip_boxes_to_image: bool) -> Inspection:
         """The inspection of image 0 of ``outputs`` (:class:`~segfpn.model.detector.NetworkOutputs`)."""
         detections = outputs.instances[0]
+        # The result lacks the boxes that clipping to the image left empty (postprocess_instances).
+        _, keep = boxes_to_image(detections.boxes, result.input_size, result.image_size, clip=clip_boxes_to_image)
         index = np.arange(len(detections.boxes), dtype=np.int64)
-        if clip_boxes_to_image and len(index) != len(result.instances):
-            # postprocess_instances drops the boxes that clipping to the image leaves empty.
-            boxes = clip_boxes(rescale_boxes(detections.boxes.float(), result.input_size, result.image_size),
-                               result.image_size)
-            index = index[nonempty(boxes, 0.0).cpu().numpy()]
-        proposal_index = getattr(detections, "proposal_index", None)  # when the RoI heads hand it on
-        if isinstance(proposal_index, torch.Tensor):
-            proposal_index = proposal_index.cpu().numpy()
+        if keep is not None:
+            index = index[keep.cpu().numpy()]
         return cls(result=result, pyramid={k: v[:1] for k, v in outputs.pyramid.items()},
                    proposals=outputs.proposals[0], detections=detections, result_index=index, rule=rule,
-                   model=weakref.ref(model), proposal_index=proposal_index)
+                   model=weakref.ref(model), proposal_index=detections.proposal_index.cpu().numpy())
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -222,7 +218,7 @@ class Inspection:
     @property
     def levels(self) -> list[int]:
         """The pyramid's levels, e.g. [2, 3, 4, 5, 6]."""
-        return sorted(int(name[1:]) for name in self.pyramid)
+        return sorted(level_number(name) for name in self.pyramid)
 
     @property
     def input_boxes(self) -> np.ndarray:
@@ -335,23 +331,16 @@ class DetectionExplanation:
         return self.mask_rule.size
 
 
-def explain_detection(inspection: Inspection, index: int, *, model, config: ModelConfig,
-                      autocast=contextlib.nullcontext) -> DetectionExplanation:
-    """:class:`DetectionExplanation` of detection ``index`` of ``inspection.result.instances``.
-
-    ``model`` (the :class:`~segfpn.model.detector.SegFPN` that made the inspection) is run only
-    the first time, for the box head's scores of every proposal (under ``autocast()``, the
-    predictor's precision), to find which proposal each detection came from
-    (:attr:`Inspection.proposal_index`); after that, numpy and RoIAlign.
-    """
+def explain_detection(inspection: Inspection, index: int, *, config: ModelConfig) -> DetectionExplanation:
+    """:class:`DetectionExplanation` of detection ``index`` of ``inspection.result.instances``,
+    made by a model of ``config``: numpy and RoIAlign on what the inspection kept, no heads run."""
     instances = inspection.result.instances
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= int(index) < len(instances):
         raise IndexError(f"detection {index!r} does not exist: this image has {len(instances)} detections "
                          f"(0..{len(instances) - 1})")
     index = int(index)
     j = int(inspection.result_index[index])
-    proposal_index = _proposal_indices(inspection, model, config, autocast)
-    proposal_box = inspection.proposals.boxes[int(proposal_index[j])].float().cpu().numpy()
+    proposal_box = inspection.proposals.boxes[int(inspection.proposal_index[j])].float().cpu().numpy()
     input_box = inspection.detections.boxes[j].float().cpu().numpy()
     rule = inspection.rule
     box_rule = level_rule_for_box(proposal_box, rule)
@@ -364,7 +353,7 @@ def explain_detection(inspection: Inspection, index: int, *, model, config: Mode
         mask_grids = roi_grids(inspection.pyramid, input_box, level=level,
                                output_size=config.mask_head.pooler_resolution, rule=rule)
     levels = np.asarray(inspection.levels, dtype=np.int64)
-    activation = np.asarray([box_mean(inspection.mean_abs(k), input_box, stride=2**k) for k in levels],
+    activation = np.asarray([box_mean(inspection.mean_abs(k), input_box, stride=level_stride(f"p{k}")) for k in levels],
                             dtype=np.float32)
     return DetectionExplanation(
         index=index, label=int(instances.labels[index]), class_name=instances.names[index],
@@ -376,45 +365,17 @@ def explain_detection(inspection: Inspection, index: int, *, model, config: Mode
         input_size=inspection.input_size, image_size=inspection.image_size)
 
 
-@torch.inference_mode()
-def _proposal_indices(inspection: Inspection, model, config: ModelConfig, autocast) -> np.ndarray:
-    """int64 [N]: the proposal each of ``inspection.detections`` came from, computed once.
-
-    The RoI heads do not hand this on, so the box head is run again on the kept proposals with
-    the run's rule: its selection is deterministic, and the detections it gives are checked to be
-    the inspection's own.
-    """
-    if inspection.proposal_index is not None:
-        return np.asarray(inspection.proposal_index)
-    inspection.check_model(model)
-    heads = model.roi_heads
-    features = inspection.pyramid
-    if any(f.dtype != torch.float32 and f.device.type == "cpu" for f in features.values()):
-        features = {name: f.float() for name, f in features.items()}  # as RoIHeads.forward does
-    boxes = inspection.proposals.boxes
-    with autocast():
-        pooled, _ = heads.box_pooler(features, [boxes], config=inspection.rule)
-        class_logits, box_deltas = heads.box_predictor(heads.box_head(pooled))
-    found = select_detections(class_logits, box_deltas, boxes, inspection.input_size, config.box_head)
-    mine = inspection.detections
-    if len(found.boxes) != len(mine.boxes) or not torch.equal(found.labels.cpu(), mine.labels.cpu()) \
-            or not torch.allclose(found.boxes.float().cpu(), mine.boxes.float().cpu(), atol=1e-2):
-        raise RuntimeError("could not find which proposal each detection came from: the box head gave other "
-                           "detections on a second run")
-    inspection.proposal_index = found.proposal_index.cpu().numpy()
-    return inspection.proposal_index
-
-
 def roi_grids(pyramid: dict[str, torch.Tensor], box: np.ndarray, *, level: int, output_size: int,
               rule: PoolerConfig) -> RoIGrids:
     """:class:`RoIGrids` of one xyxy ``box`` (network pixels) pooled, with ``rule``'s RoIAlign
     settings, from ``level`` and the pyramid levels directly below and above it."""
-    available = sorted(int(name[1:]) for name in pyramid)
+    available = sorted(level_number(name) for name in pyramid)
     levels = [k for k in (level - 1, level, level + 1) if k in available]
     first = pyramid[f"p{levels[0]}"]
     roi = torch.tensor([[0.0, *(float(v) for v in box)]], dtype=torch.float32, device=first.device)
     with torch.inference_mode():
-        pooled = torch.stack([roi_align(pyramid[f"p{k}"].float(), roi, output_size, spatial_scale=1.0 / 2**k,
+        pooled = torch.stack([roi_align(pyramid[f"p{k}"].float(), roi, output_size,
+                                        spatial_scale=1.0 / level_stride(f"p{k}"),
                                         sampling_ratio=rule.sampling_ratio, aligned=rule.aligned)[0]
                               for k in levels])  # [L, C, S, S]
     features = pooled.cpu().numpy().astype(np.float32)
@@ -523,15 +484,15 @@ def what_if(inspection: Inspection, rule: PoolerConfig, *, run_heads, to_instanc
     """
     timings = {}
     start = time.perf_counter()
+    clock = StageClock(timings, next(iter(inspection.pyramid.values())).device)
     outputs = run_heads(rule)
-    timings["heads"] = time.perf_counter() - start
-    lap = time.perf_counter()
+    clock.lap("heads")
     instances = to_instances(outputs)
-    timings["postprocess"] = time.perf_counter() - lap
-    lap = time.perf_counter()
+    clock.lap("postprocess")
     diff = diff_detections(inspection.result.instances, instances)
-    timings["diff"] = time.perf_counter() - lap
-    return WhatIf(rule=rule, instances=instances, original=inspection.result.instances, **diff, seconds=time.perf_counter() - start, timings=timings)
+    clock.lap("diff")
+    return WhatIf(rule=rule, instances=instances, original=inspection.result.instances, **diff,
+                  seconds=time.perf_counter() - start, timings=timings)
 
 
 def diff_detections(before: Instances, after: Instances) -> dict:

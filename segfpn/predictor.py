@@ -19,11 +19,13 @@ from segfpn.checkpoints.loading import LoadReport, load_checkpoint
 from segfpn.checkpoints.resolve import resolve as resolve_checkpoint
 from segfpn.config import InputConfig, ModelConfig, PoolerConfig
 from segfpn.imageio import read_image
-from segfpn.model.detector import NetworkOutputs, SegFPN, StageClock
+from segfpn.model.build import Detector
 from segfpn.model.fusion import fuse_panoptic
+from segfpn.model.levels import level_number
+from segfpn.model.network import NetworkOutputs, StageClock
 from segfpn.model.optimize import keep_freed_memory, optimize_for_inference
 from segfpn.model.postprocess import ImageInstances, postprocess_instances, semantic_labels_to_image
-from segfpn.model.preprocess import ImageBatch, preprocess
+from segfpn.model.preprocess import preprocess
 from segfpn.model.roi_heads import InstanceOutputs
 from segfpn.structures import (InstanceMasks, Instances, PanopticSegmentation, Result, Segment,
                                SemanticSegmentation)
@@ -42,7 +44,8 @@ def default_device() -> torch.device:
 
 
 class Predictor:
-    """Runs a :class:`SegFPN` on single images.
+    """Runs a detector (:class:`~segfpn.model.detector.SegFPN` or
+    :class:`~segfpn.model.retinanet.RetinaNet`) on images.
 
     ``precision``: "fp32" (default, the reference libraries' outputs), or "bf16" / "fp16"
     autocast (fp16 on CUDA only; bf16 is about twice as fast on CPUs with AVX512-BF16 or AMX,
@@ -54,7 +57,7 @@ class Predictor:
     turns it on for the model it builds.
     """
 
-    def __init__(self, model: SegFPN, categories: CategorySet, *, device: str | torch.device | None = None,
+    def __init__(self, model: Detector, categories: CategorySet, *, device: str | torch.device | None = None,
                  arch: str = "", precision: str = "fp32", report: LoadReport | None = None, source: str = "",
                  optimize: bool = False):
         if precision not in PRECISIONS:
@@ -99,63 +102,38 @@ class Predictor:
         without running the backbone twice, use :meth:`inspect` and :meth:`what_if`.
         """
         rule = self._changed_rule(level_override, canonical_level, canonical_size, what="predict with another level rule")
-        return self._predict_images([image], return_features=return_features, rule=rule)[0]
+        return self._run([image], return_features=return_features, pooler=rule)[0][0]
 
     @torch.inference_mode()
     def predict_batch(self, images: list) -> list[Result]:
         """:meth:`predict` for several images in one forward pass (worth it on a GPU; on a CPU the
         images are padded to the largest, so one at a time is as fast). Timings are per batch."""
-        return self._predict_images(list(images), return_features=False) if len(images) else []
+        return self._run(list(images))[0] if len(images) else []
 
-    def _predict_images(self, images: list, *, return_features: bool, rule: PoolerConfig | None = None,
-                        input_config: InputConfig | None = None, semantic: bool = True) -> list[Result]:
+    @torch.inference_mode()
+    def _run(self, images: list, *, return_features: bool = False, pooler: PoolerConfig | None = None,
+             input_config: InputConfig | None = None, semantic: bool = True) -> tuple[list[Result], NetworkOutputs]:
+        """The one way into the network: read and preprocess ``images`` (with ``input_config``
+        instead of the model's sizes when given), run the model's forward (``pooler``: another RoI
+        level rule; ``semantic=False``: no semantic head) and convert each image's outputs.
+        Returns (one :class:`Result` per image, with the batch's timings, the network's outputs)."""
         timings = {}
-        rgbs, batch, outputs = self._run_network(images, timings=timings, keep_bottom_up=return_features, rule=rule,
-                                                 input_config=input_config, semantic=semantic)
-        start = time.perf_counter()
-        results = [self.to_result(outputs, batch.image_sizes[i], rgb.shape[:2], batch.padded_size,
-                                  return_features=return_features, index=i) for i, rgb in enumerate(rgbs)]
-        timings["postprocess"] = time.perf_counter() - start
-        for result in results:
-            result.timings = dict(timings)
-        return results
-
-    def _run_network(self, images: list, *, timings: dict[str, float], keep_bottom_up: bool,
-                     rule: PoolerConfig | None = None, input_config: InputConfig | None = None,
-                     semantic: bool = True) -> tuple[list[np.ndarray], ImageBatch, NetworkOutputs]:
-        """Read and preprocess ``images`` (with ``input_config`` instead of the model's sizes when
-        given) and run the network: (RGB arrays, batch, outputs). ``rule`` replaces the RoI level
-        rule; ``semantic=False`` leaves the semantic head out."""
-        start = time.perf_counter()
+        clock = StageClock(timings, self.device)
         rgbs = [read_image(image) for image in images]
         batch = preprocess(rgbs, input_config or self.config.input, device=self.device)
         if self.optimized:
             batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
-        timings["preprocess"] = time.perf_counter() - start
+        clock.lap("preprocess")
         with self._autocast():
-            if rule is None and (semantic or not self.has_semantic_head):
-                outputs = self.model(batch, keep_bottom_up=keep_bottom_up, timings=timings)
-            else:
-                outputs = self._forward_stages(batch, keep_bottom_up=keep_bottom_up, timings=timings, rule=rule,
-                                               semantic=semantic)
-        return rgbs, batch, outputs
-
-    def _forward_stages(self, batch: ImageBatch, *, keep_bottom_up: bool, timings: dict[str, float],
-                        rule: PoolerConfig | None, semantic: bool) -> NetworkOutputs:
-        """:meth:`SegFPN.forward`, stage by stage, with the RoI level rule replaced by ``rule`` and
-        the semantic head run only when ``semantic``."""
-        model = self.model
-        clock = StageClock(timings, batch.tensor.device)
-        bottom_up, pyramid = model.features(batch)
-        clock.lap("backbone_fpn")
-        proposals = model.propose(pyramid, batch)
-        instances = model.detect(pyramid, proposals, batch.image_sizes, pooler=rule)
-        clock.lap("heads")
-        logits = model.segment(pyramid) if semantic else None
-        clock.lap("semantic_head")
-        stride = model.semantic_head.config.common_stride if logits is not None else 1
-        return NetworkOutputs(bottom_up=bottom_up if keep_bottom_up else {}, pyramid=pyramid, proposals=proposals,
-                              instances=instances, semantic_logits=logits, semantic_stride=stride)
+            outputs = self.model(batch, keep_bottom_up=return_features, timings=timings, pooler=pooler,
+                                 semantic=semantic)
+        clock.restart()  # the forward timed its own stages
+        results = [self.to_result(outputs, batch.image_sizes[i], rgb.shape[:2], batch.padded_size,
+                                  return_features=return_features, index=i) for i, rgb in enumerate(rgbs)]
+        clock.lap("postprocess")
+        for result in results:
+            result.timings = dict(timings)
+        return results, outputs
 
     def _changed_rule(self, level: int | None, canonical_level: int | None, canonical_size: float | None, *,
                       what: str, rule: PoolerConfig | None = None) -> PoolerConfig | None:
@@ -165,7 +143,7 @@ class Predictor:
         if level is None and canonical_level is None and canonical_size is None:
             return None
         require_roi_heads(self.config, what)
-        levels = sorted(int(name[1:]) for name in self.model.fpn.strides)
+        levels = sorted(level_number(name) for name in self.model.fpn.strides)
         return changed_rule(rule or self.config.pooler, level=level, canonical_level=canonical_level,
                             canonical_size=canonical_size, levels=levels)
 
@@ -180,15 +158,9 @@ class Predictor:
         from segfpn.explain import Inspection, require_roi_heads
 
         require_roi_heads(self.config, "inspect")
-        timings = {}
-        rgbs, batch, outputs = self._run_network([image], timings=timings, keep_bottom_up=return_features)
-        start = time.perf_counter()
-        result = self.to_result(outputs, batch.image_sizes[0], rgbs[0].shape[:2], batch.padded_size,
-                                return_features=return_features)
-        timings["postprocess"] = time.perf_counter() - start
-        result.timings = timings
-        return Inspection.from_outputs(result, outputs, rule=self.config.pooler, model=self.model,
-                                       clip_boxes_to_image=self.config.box_head.clip_output_boxes)
+        results, outputs = self._run([image], return_features=return_features)
+        return Inspection.from_outputs(results[0], outputs, rule=self.config.pooler, model=self.model,
+                                       clip_boxes_to_image=self.model.clip_output_boxes)
 
     def explain(self, image_or_inspection, detection: int) -> DetectionExplanation:
         """Detection ``detection`` of an :class:`~segfpn.explain.Inspection` (or of an image, run
@@ -196,8 +168,7 @@ class Predictor:
         from segfpn.explain import explain_detection
 
         inspection = self._inspection(image_or_inspection)
-        return explain_detection(inspection, detection, model=self.model, config=self.config,
-                                 autocast=self._autocast)
+        return explain_detection(inspection, detection, config=self.config)
 
     @torch.inference_mode()
     def what_if(self, image_or_inspection, *, level: int | None = None, canonical_level: int | None = None,
@@ -212,16 +183,13 @@ class Predictor:
         rule = self._changed_rule(level, canonical_level, canonical_size, what="what_if", rule=inspection.rule)
         rule = rule or inspection.rule
         image_size, input_size = inspection.image_size, inspection.input_size
-        padded_size = inspection.result.padded_size
 
         def run_heads(rule: PoolerConfig) -> InstanceOutputs:
             with self._autocast():
                 return self.model.detect(inspection.pyramid, [inspection.proposals], [input_size], pooler=rule)[0]
 
         def to_instances(detections: InstanceOutputs) -> Instances:
-            outputs = NetworkOutputs(bottom_up={}, pyramid={}, proposals=[], instances=[detections],
-                                     semantic_logits=None)
-            return self.to_result(outputs, input_size, image_size, padded_size, return_features=False).instances
+            return self._instances(detections, input_size, image_size)[1]
 
         return what_if(inspection, rule, run_heads=run_heads, to_instances=to_instances)
 
@@ -243,8 +211,7 @@ class Predictor:
             longer = math.ceil(size * max(height, width) / min(height, width)) + 1
             config = dataclasses.replace(self.config.input, min_size=size, max_size=max(longer, size))
             start = time.perf_counter()
-            with torch.inference_mode():
-                result = self._predict_images([rgb], return_features=False, input_config=config, semantic=False)[0]
+            result = self._run([rgb], input_config=config, semantic=False)[0][0]
             seconds.append(time.perf_counter() - start)
             found.append(result.instances)
             input_sizes.append(result.input_size)
@@ -301,25 +268,8 @@ class Predictor:
     def to_result(self, outputs: NetworkOutputs, input_size, image_size, padded_size, *,
                   return_features: bool, index: int = 0) -> Result:
         """Image ``index`` of ``outputs`` at its original size, as numpy arrays."""
-        cfg = self.config
         image_size = tuple(int(v) for v in image_size)
-        clip = cfg.retina_head.clip_output_boxes if cfg.detector == "retinanet" else cfg.box_head.clip_output_boxes
-        inst = postprocess_instances(outputs.instances[index], input_size, image_size, clip_boxes_to_image=clip,
-                                     mask=cfg.mask_head)
-        things = self.categories.things
-        masks = None
-        if inst.mask_crops is not None:  # None: a box-only model (Faster R-CNN, RetinaNet)
-            masks = InstanceMasks(crops=[crop.cpu().numpy() for crop in inst.mask_crops],
-                                  regions=inst.mask_regions.cpu().numpy(), image_size=image_size)
-        instances = Instances(
-            boxes=inst.boxes.float().cpu().numpy().astype(np.float32),
-            scores=inst.scores.float().cpu().numpy().astype(np.float32),
-            labels=inst.labels.cpu().numpy().astype(np.int64),
-            class_names=[c.name for c in things], category_ids=[c.id for c in things],
-            masks=masks,
-            levels=inst.levels.cpu().numpy().astype(np.int64),
-            box_levels=inst.box_levels.cpu().numpy().astype(np.int64),
-            mask_probs=None if inst.mask_probs is None else inst.mask_probs.float().cpu().numpy())
+        inst, instances = self._instances(outputs.instances[index], input_size, image_size)
         semantic = panoptic = None
         if outputs.semantic_logits is not None:
             labels = semantic_labels_to_image(outputs.semantic_logits[index:index + 1], input_size, image_size,
@@ -336,6 +286,28 @@ class Predictor:
         return Result(image_size=image_size, input_size=tuple(input_size), padded_size=tuple(padded_size),
                       instances=instances, semantic=semantic, panoptic=panoptic, features=features,
                       device=str(self.device))
+
+    def _instances(self, detections: InstanceOutputs, input_size: tuple[int, int],
+                   image_size: tuple[int, int]) -> tuple[ImageInstances, Instances]:
+        """One image's detections (network pixels, ``input_size`` h x w) at the original
+        ``image_size`` (H, W): as tensors (what panoptic fusion reads) and as numpy arrays."""
+        inst = postprocess_instances(detections, input_size, image_size,
+                                     clip_boxes_to_image=self.model.clip_output_boxes, mask=self.config.mask_head)
+        things = self.categories.things
+        masks = None
+        if inst.mask_crops is not None:  # None: a box-only model (Faster R-CNN, RetinaNet)
+            masks = InstanceMasks(crops=[crop.cpu().numpy() for crop in inst.mask_crops],
+                                  regions=inst.mask_regions.cpu().numpy(), image_size=image_size)
+        instances = Instances(
+            boxes=inst.boxes.float().cpu().numpy().astype(np.float32),
+            scores=inst.scores.float().cpu().numpy().astype(np.float32),
+            labels=inst.labels.cpu().numpy().astype(np.int64),
+            class_names=[c.name for c in things], category_ids=[c.id for c in things],
+            masks=masks,
+            levels=inst.levels.cpu().numpy().astype(np.int64),
+            box_levels=inst.box_levels.cpu().numpy().astype(np.int64),
+            mask_probs=None if inst.mask_probs is None else inst.mask_probs.float().cpu().numpy())
+        return inst, instances
 
     def fuse(self, inst: ImageInstances, semantic_labels: torch.Tensor, instances: Instances) -> PanopticSegmentation:
         cfg = self.config.panoptic

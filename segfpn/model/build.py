@@ -7,8 +7,9 @@ from segfpn.config import ModelConfig
 from segfpn.model.detector import SegFPN
 from segfpn.model.retinanet import RetinaNet
 
-#: Either network; both take an ImageBatch and return NetworkOutputs (``forward``), with the
-#: stages ``features`` and ``detect``.
+#: Either network (both :class:`~segfpn.model.network.PyramidNetwork`): ``forward(images, *,
+#: keep_bottom_up, timings, pooler, semantic)`` takes an ImageBatch and returns NetworkOutputs,
+#: with the stages ``features`` and ``detect``; ``clip_output_boxes`` says how boxes reach the image.
 Detector = SegFPN | RetinaNet
 
 

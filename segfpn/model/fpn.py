@@ -9,18 +9,16 @@ from torch import nn
 
 from segfpn.config import FPNConfig
 from segfpn.model.layers import ConvNorm
-
-#: Output names and strides of the Mask R-CNN pyramid (c2-c5 in, p6 pooled from p5).
-PYRAMID_STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
+from segfpn.model.levels import level_number, level_strides
 
 
 def pyramid_strides(config: FPNConfig) -> dict[str, int]:
     """``{"p<l>": 2**l}`` for every level the FPN of ``config`` returns, fine to coarse: one per
     bottom-up input, then one ("max_pool_p5") or two ("p6p7_*") from the top block."""
-    levels = [int(name[1:]) for name in config.in_features]
+    levels = [level_number(name) for name in config.in_features]
     top = levels[-1]
     levels += [top + 1] if config.top_block == "max_pool_p5" else [top + 1, top + 2]
-    return {f"p{level}": 2**level for level in levels}
+    return level_strides(f"p{level}" for level in levels)
 
 
 class TopBlockP6P7(nn.Module):
@@ -78,7 +76,7 @@ class FPN(nn.Module):
             top_down = lateral
             merged[p_name] = self.output[p_name](lateral)
         out = {name: merged[name] for name in names}
-        top = int(names[-1][1:])
+        top = level_number(names[-1])
         if self.top_block is None:
             out[f"p{top + 1}"] = F.max_pool2d(out[names[-1]], kernel_size=1, stride=2)
         else:

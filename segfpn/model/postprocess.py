@@ -40,17 +40,26 @@ def rescale_boxes(boxes: torch.Tensor, input_size: tuple[int, int], output_size:
     return boxes * scale
 
 
+def boxes_to_image(boxes: torch.Tensor, input_size: tuple[int, int], output_size: tuple[int, int], *,
+                   clip: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """xyxy boxes [N, 4] from network-input pixels (``input_size``, h x w) to the original image
+    (``output_size``, H x W), and which of them to keep: with ``clip``, the boxes are clipped to
+    the image and bool [N] marks those it leaves non-empty (detectron2's ``detector_postprocess``
+    drops the others); without, None (all kept)."""
+    boxes = rescale_boxes(boxes, input_size, output_size)
+    if not clip:
+        return boxes, None
+    boxes = clip_boxes(boxes, output_size)
+    return boxes, nonempty(boxes, 0.0)
+
+
 def postprocess_instances(outputs: InstanceOutputs, input_size: tuple[int, int], output_size: tuple[int, int], *,
                           clip_boxes_to_image: bool, mask: MaskHeadConfig | None) -> ImageInstances:
     """One image's detections from network-input pixels (``input_size``, h x w) to the original
     image (``output_size``, H x W): boxes rescaled, with ``clip_boxes_to_image`` clipped to it and
     the empty ones dropped (detectron2's ``detector_postprocess``), masks pasted by ``mask``'s
     method (None: a model without masks)."""
-    boxes = rescale_boxes(outputs.boxes, input_size, output_size)
-    keep = None
-    if clip_boxes_to_image:
-        boxes = clip_boxes(boxes, output_size)
-        keep = nonempty(boxes, 0.0)
+    boxes, keep = boxes_to_image(outputs.boxes, input_size, output_size, clip=clip_boxes_to_image)
     fields = dict(boxes=boxes, scores=outputs.scores, labels=outputs.labels, mask_probs=outputs.mask_probs,
                   levels=outputs.levels, box_levels=outputs.box_levels)
     if keep is not None:

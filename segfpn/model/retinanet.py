@@ -15,13 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms
 
-from segfpn.config import ModelConfig, RetinaHeadConfig
+from segfpn.config import ModelConfig, PoolerConfig, RetinaHeadConfig
 from segfpn.model.anchors import AnchorGenerator
-from segfpn.model.backbone import ResNet
 from segfpn.model.boxes import clip_boxes, decode_boxes
-from segfpn.model.detector import NetworkOutputs, StageClock
-from segfpn.model.fpn import FPN
 from segfpn.model.layers import ConvNorm
+from segfpn.model.levels import level_number
+from segfpn.model.network import NetworkOutputs, PyramidNetwork, StageClock
 from segfpn.model.preprocess import ImageBatch
 from segfpn.model.roi_heads import InstanceOutputs
 
@@ -119,7 +118,7 @@ def select_dense_detections(logits: list[torch.Tensor], deltas: list[torch.Tenso
                            anchor_index=anchor_index[keep])
 
 
-class RetinaNet(nn.Module):
+class RetinaNet(PyramidNetwork):
     """RetinaNet on an FPN: ``config.detector == "retinanet"``.
 
     The stages, as :class:`~segfpn.model.detector.SegFPN`'s: :meth:`features` (backbone and FPN)
@@ -128,13 +127,10 @@ class RetinaNet(nn.Module):
     """
 
     def __init__(self, config: ModelConfig):
-        super().__init__()
         if config.detector != "retinanet" or config.retina_head is None:
             raise ValueError(f"RetinaNet needs a retinanet config, got detector={config.detector!r}")
-        self.config = config
+        super().__init__(config)
         head = config.retina_head
-        self.backbone = ResNet(config.backbone)
-        self.fpn = FPN(self.backbone.out_channels, config.fpn)
         self.level_names = tuple(self.fpn.strides)
         if len(head.anchor_sizes) != len(self.level_names):
             raise ValueError(f"retina_head.anchor_sizes has {len(head.anchor_sizes)} sizes for the "
@@ -147,17 +143,17 @@ class RetinaNet(nn.Module):
                                   num_classes=config.num_classes, config=head)
         self.semantic_head = None  # no semantic branch (the Predictor asks)
 
-    def features(self, images: ImageBatch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(bottom-up {"c2".."c5"}, pyramid {"p3".."p7"}) of ``images.tensor`` [B, 3, Hp, Wp]."""
-        bottom_up = self.backbone(images.tensor)
-        return bottom_up, self.fpn(bottom_up)
+    @property
+    def clip_output_boxes(self) -> bool:
+        """Whether the boxes are clipped to the original image after resizing (empty ones dropped)."""
+        return self.config.retina_head.clip_output_boxes
 
     def detect(self, pyramid: dict[str, torch.Tensor], images: ImageBatch) -> list[InstanceOutputs]:
         """The head on every level, then each image's detections (:func:`select_dense_detections`)."""
         maps = [pyramid[name] for name in self.level_names]
         logits, deltas = self.head(maps)
         anchors = self.anchor_generator([tuple(m.shape[-2:]) for m in maps], images.padded_size)
-        levels = [int(name[1:]) for name in self.level_names]
+        levels = [level_number(name) for name in self.level_names]
         outputs = []
         for i, size in enumerate(images.image_sizes):
             det = select_dense_detections([lg[i] for lg in logits], [dl[i] for dl in deltas], anchors, levels, size,
@@ -166,14 +162,19 @@ class RetinaNet(nn.Module):
                                            levels=det.levels, box_levels=det.levels))
         return outputs
 
-    def forward(self, images: ImageBatch, *, keep_bottom_up: bool = True,
-                timings: dict[str, float] | None = None) -> NetworkOutputs:
-        """Both stages. ``keep_bottom_up=False`` drops c2-c5 once the FPN has them. ``timings``:
-        seconds per stage are added to it ("backbone_fpn", "heads")."""
+    def forward(self, images: ImageBatch, *, keep_bottom_up: bool = True, timings: dict[str, float] | None = None,
+                pooler: PoolerConfig | None = None, semantic: bool = True) -> NetworkOutputs:
+        """Both stages on ``images`` (``tensor`` [B, 3, Hp, Wp], normalised), with
+        :meth:`SegFPN.forward <segfpn.model.detector.SegFPN.forward>`'s keywords.
+        ``keep_bottom_up=False`` drops c2-c5 once the FPN has them. ``timings``: seconds per stage
+        are added to it ("backbone_fpn", "heads"). ``pooler`` must be None: there are no RoIs to
+        pool (ValueError otherwise). ``semantic``: there is no semantic head to run or leave out.
+        """
+        if pooler is not None:
+            raise ValueError("RetinaNet has no RoI heads: a level rule for RoIs (pooler=) does not apply; each "
+                             "detection comes from an anchor of one level")
         clock = StageClock(timings, images.tensor.device)
-        bottom_up, pyramid = self.features(images)
-        if not keep_bottom_up:
-            bottom_up = {}
+        bottom_up, pyramid = self.features(images, keep_bottom_up=keep_bottom_up)
         clock.lap("backbone_fpn")
         instances = self.detect(pyramid, images)
         clock.lap("heads")

@@ -24,8 +24,9 @@ class InstanceOutputs:
     or None for a model without masks (Faster R-CNN, RetinaNet). Two-stage models: levels int64
     [N], the level of the final box's RoI (the mask head pools it; without a mask head the level
     the box maps to under the same rule), box_levels int64 [N], the level of the proposal that
-    the box head classified. RetinaNet: both the pyramid level (3..7) of the anchor that
-    produced the detection.
+    the box head classified, and proposal_index int64 [N], that proposal's index in the image's
+    proposals. RetinaNet: levels and box_levels both the pyramid level (3..7) of the anchor that
+    produced the detection; proposal_index None.
     """
 
     boxes: torch.Tensor
@@ -34,6 +35,7 @@ class InstanceOutputs:
     mask_probs: torch.Tensor | None
     levels: torch.Tensor
     box_levels: torch.Tensor
+    proposal_index: torch.Tensor | None = None
 
 
 #: RoIs per mask-head call at inference (bounds its memory; smaller batches are as fast on CPU).
@@ -84,7 +86,8 @@ class RoIHeads(nn.Module):
             end = start + len(det.boxes)
             outputs.append(InstanceOutputs(boxes=det.boxes, scores=det.scores, labels=det.labels,
                                            mask_probs=None if mask_probs is None else mask_probs[start:end],
-                                           levels=mask_levels[start:end], box_levels=box_levels))
+                                           levels=mask_levels[start:end], box_levels=box_levels,
+                                           proposal_index=det.proposal_index))
             start = end
         return outputs
 

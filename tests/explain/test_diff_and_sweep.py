@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from testdata import EXAMPLES
+from testdata import EXAMPLES, ROOT
 
+import segfpn
 from segfpn.evaluation.agreement import box_iou, mask_iou
 from segfpn.evaluation.by_level import ground_truth_levels
 from segfpn.explain import diff_detections, paired_mask_iou, track_objects
@@ -170,3 +171,28 @@ def test_the_sweep_tracks_the_known_objects_of_synthetic_images(bundled):
             near = np.any(np.abs(size[:, None] / np.array([112, 224, 448])[None] - 1) < 0.1, axis=1)
             assert np.all((sweep.track_levels[owners[0]] == expected) | near), (path.name, obj["id"])
     assert tracked >= 8  # the bundled model finds most of the 13 shapes at every size
+
+
+def sweep_rows(sweep, s: int) -> np.ndarray:
+    """(label, level, score, x0, y0, x1, y1) of every detection of size ``s`` of ``sweep``, sorted."""
+    found = ~np.isnan(sweep.track_scores[:, s])
+    rows = np.column_stack([sweep.track_labels[found], sweep.track_levels[found, s], sweep.track_scores[found, s],
+                            sweep.track_boxes[found, s]])
+    return rows[np.lexsort(rows.T[::-1])]
+
+
+def test_the_sweep_sees_at_each_size_what_predict_sees(bundled):
+    rng = np.random.default_rng(11)
+    sizes = [int(rng.integers(200, 320)), int(rng.integers(320, 440))]  # below and above the model's 320
+    threshold = float(rng.uniform(0.0, 0.2))
+    sweep = bundled.scale_sweep(SYNTHETIC[0], sizes, score_threshold=threshold)
+    for s, size in enumerate(sizes):
+        # The shorter side at ``size``, the longer side unbounded: the run the sweep makes.
+        at_size = segfpn.load(ROOT / "weights" / "synthetic_panoptic_fpn.safetensors", device="cpu",
+                              overrides={"input": {"min_size": size, "max_size": 4096}})
+        result = at_size.predict(SYNTHETIC[0])
+        assert tuple(sweep.input_sizes[s]) == result.input_size
+        inst = result.instances.select(np.flatnonzero(result.instances.scores >= threshold))
+        rows = np.column_stack([inst.labels, inst.levels, inst.scores, inst.boxes])
+        assert len(rows) >= 3 and sweep.counts[s] == len(rows)
+        assert np.array_equal(sweep_rows(sweep, s), rows[np.lexsort(rows.T[::-1])])

@@ -19,7 +19,6 @@ from torchvision.ops import box_iou
 import segfpn
 from segfpn.evaluation.agreement import compare_detections, mask_iou
 from segfpn.evaluation.panoptic_quality import PanopticQuality
-from segfpn.model.fpn import PYRAMID_STRIDES
 from segfpn.model.postprocess import semantic_logits_to_image
 from segfpn.model.preprocess import preprocess
 from segfpn.model.semantic_head import upsample_logits
@@ -172,9 +171,10 @@ def test_stages_defined_by_formula_at_more_sizes(predictor, size):
     with torch.inference_mode():
         outputs = predictor.model(batch)
     # Anchors, on the grids the model's own pyramid has at this size.
-    grids = [tuple(outputs.pyramid[name].shape[-2:]) for name in PYRAMID_STRIDES]
+    strides = predictor.model.fpn.strides
+    grids = [tuple(outputs.pyramid[name].shape[-2:]) for name in strides]
     anchors = predictor.model.rpn.anchor_generator(grids, batch.padded_size)
-    for grid, stride, size_px, ours in zip(grids, PYRAMID_STRIDES.values(), cfg.rpn.anchor_sizes, anchors):
+    for grid, stride, size_px, ours in zip(grids, strides.values(), cfg.rpn.anchor_sizes, anchors):
         cell = detectron2_rules.cell_anchors(size_px, cfg.rpn.aspect_ratios)
         assert torch.equal(ours, detectron2_rules.grid_anchors(grid, stride, cfg.rpn.anchor_offset, cell))
     # The level of every box RoI (proposals) and mask RoI (final boxes) the model pooled.

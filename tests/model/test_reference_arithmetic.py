@@ -33,7 +33,7 @@ from segfpn.imageio import ImageError
 from segfpn.model.anchors import AnchorGenerator, cell_anchors
 from segfpn.model.box_head import select_detections
 from segfpn.model.boxes import decode_boxes
-from segfpn.model.fpn import PYRAMID_STRIDES
+from segfpn.model.fpn import pyramid_strides
 from segfpn.model.mask_head import paste_masks
 from segfpn.model.poolers import assign_levels
 from segfpn.model.preprocess import resized_size
@@ -43,6 +43,8 @@ import detectron2_rules
 
 TORCHVISION = torchvision_maskrcnn_v1()
 DETECTRON2 = detectron2_mask_rcnn()
+#: The Mask R-CNN pyramid both references build (p2-p6), {name: stride}.
+PYRAMID_STRIDES = pyramid_strides(TORCHVISION.fpn)
 #: Sizes at which a float32 scale gave another input size than torchvision's, as (height, width).
 REPORTED_SIZES = [(427, 640), (640, 427), (328, 400), (600, 1116), (375, 500), (480, 640), (683, 1024)]
 
