@@ -679,7 +679,7 @@ def build_demo(model, *, examples_dir: Path = EXAMPLES_DIR, max_side: int = sess
         raise ValueError("models must be a ModelPool around the app's model source")
     events = Events(source, runs=runs, max_side=max_side, models=models)
     kind = session.model_kind(predictor) if predictor is not None else session.PANOPTIC_FPN
-    offline = source.loaded_from == str(resolve.BUNDLED_CHECKPOINT)
+    offline = source.uses_bundled_model
     # Every class of the model, until a run narrows the list to the classes it found.
     all_classes = sorted(set(predictor.categories.thing_names) - {"N/A"}) if predictor else []
     view = dict(format="png", show_label=False, height=VIEW_HEIGHT, interactive=False,

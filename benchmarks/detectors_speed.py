@@ -7,7 +7,7 @@ and RetinaNet, v1 and v2, each with the same weights on the same photos.
 
 The machinery is benchmarks/maskrcnn_speed.py's: photos centre-cropped to SIZE x SIZE (default
 800, the models' own input size), torchvision's model with seeded calibrated random weights
-(``segfpn.reference.build_torchvision_detector``, cached), every implementation in its own
+(``tests/reference.py``'s ``build_torchvision_detector``, cached), every implementation in its own
 process, the processes taking turns image by image, medians. Faster R-CNN runs with a score
 threshold of 0 (100 detections through every head), RetinaNet with its own settings (threshold
 0.05, top 1000 per level, up to 300 detections). Prints, per model, the median latency of each,
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from maskrcnn_speed import (DEFAULT_IMAGES, PARITY, Worker, cache_dir, load_images,  # noqa: E402
+from maskrcnn_speed import (DEFAULT_IMAGES, PARITY, REFERENCE_DIR, Worker, cache_dir, load_images,  # noqa: E402
                             peak_rss_mb, reset_peak_rss)
 
 from segfpn.evaluation.agreement import compare_detections  # noqa: E402
@@ -56,7 +56,8 @@ def reference_weights(model: str, images_file: Path, names: list[str], size: int
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     code = ("import sys, json, numpy as np, torch\n"
-            "from segfpn.reference import build_torchvision_detector\n"
+            f"sys.path.insert(0, {str(REFERENCE_DIR)!r})\n"
+            "from reference import build_torchvision_detector\n"
             "images = list(np.load(sys.argv[1]).values())\n"
             "model = build_torchvision_detector(sys.argv[4], seed=int(sys.argv[3]), calibration_images=images,\n"
             "                                   **json.loads(sys.argv[5]))\n"
@@ -79,7 +80,7 @@ class TorchvisionDetector:
         import torch
         from torchvision.models import detection
 
-        from segfpn.reference import TORCHVISION_BUILDERS, use_coco_v1_eps
+        from reference import TORCHVISION_BUILDERS, use_coco_v1_eps
 
         self.torch = torch
         net = getattr(detection, model)(weights=None, weights_backbone=None, **MODELS[model][1])

@@ -8,7 +8,7 @@ weights, same images, one run.
 Images: photos from ``examples/images``, centre-cropped to a square and resized to SIZE x SIZE
 (default 800, the models' own input size, so neither resizes further): 800x800 in, full-resolution
 boolean masks out. Weights: torchvision's own Mask R-CNN with seeded, calibrated random weights
-(``segfpn.reference``) and a score threshold of 0, so that 100 detections per image reach the mask
+(``tests/reference.py``) and a score threshold of 0, so that 100 detections per image reach the mask
 head and the pasting; plus the real COCO checkpoint when ``weights/`` holds it.
 
 Every implementation runs in its own process (peak resident memory of one never includes the
@@ -37,6 +37,9 @@ import numpy as np
 from segfpn.evaluation.agreement import MASK_THRESHOLD, Tolerances, compare_detections
 
 ROOT = Path(__file__).resolve().parents[1]
+#: tests/reference.py: torchvision's own models with calibrated random weights (not part of the package).
+REFERENCE_DIR = ROOT / "tests"
+sys.path.insert(0, str(REFERENCE_DIR))
 EXAMPLES = ROOT / "examples" / "images"
 DEFAULT_IMAGES = ("astronaut.png", "cyclists_33823288584.jpg", "dogs_people_16004479832.jpg",
                   "street_wide_17790319373.jpg")
@@ -205,7 +208,8 @@ def reference_weights(images_file: Path, names: list[str], size: int, seed: int,
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     code = ("import sys, numpy as np, torch\n"
-            "from segfpn.reference import build_torchvision_maskrcnn\n"
+            f"sys.path.insert(0, {str(REFERENCE_DIR)!r})\n"
+            "from reference import build_torchvision_maskrcnn\n"
             "images = list(np.load(sys.argv[1]).values())\n"
             "model = build_torchvision_maskrcnn(1, seed=int(sys.argv[3]), calibration_images=images)\n"
             "torch.save(model.state_dict(), sys.argv[2] + '.part')\n")
@@ -226,7 +230,7 @@ class TorchvisionRunner:
 
         self.torch = torch
         self.device = torch.device(device)
-        from segfpn.reference import use_coco_v1_eps
+        from reference import use_coco_v1_eps
 
         model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=0.0)
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

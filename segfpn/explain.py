@@ -144,8 +144,8 @@ def changed_rule(rule: PoolerConfig, *, level: int | None = None, canonical_leve
                          "nothing: give one or the other")
     if level is not None:
         if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or int(level) not in levels:
-            raise ValueError(f"level must be one of the pyramid's levels {list(levels)} (p{min(levels)}-p{max(levels)}), "
-                             f"got {level!r}")
+            raise ValueError(f"level must be one of the pyramid's levels {list(levels)} "
+                             f"(p{min(levels)}-p{max(levels)}), got {level!r}")
         return dataclasses.replace(rule, min_level=int(level), max_level=int(level))
     changes = {}
     if canonical_level is not None:
@@ -195,7 +195,8 @@ class Inspection:
     mean_abs_maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_outputs(cls, result: Result, outputs, *, rule: PoolerConfig, model, clip_boxes_to_image: bool) -> Inspection:
+    def from_outputs(cls, result: Result, outputs, *, rule: PoolerConfig, model,
+                     clip_boxes_to_image: bool) -> Inspection:
         """The inspection of image 0 of ``outputs`` (:class:`~segfpn.model.detector.NetworkOutputs`)."""
         detections = outputs.instances[0]
         # The result lacks the boxes that clipping to the image left empty (postprocess_instances).

@@ -285,6 +285,30 @@ def _check_icon_frames(stream, *, max_megapixels: float) -> None:
     stream.seek(0)
 
 
+def _check_webp_canvas(stream, *, max_megapixels: float) -> None:
+    """libwebp, under Pillow's WebP opener, allocates the whole canvas (4 bytes a pixel) while the
+    file is opened, before its size can be checked: a 300-byte file may declare 16383x16383
+    (1 GiB). Read the size from the first chunk's header (RIFF container; VP8X canvas, VP8 frame or
+    VP8L bitstream) and check it before Pillow opens ``stream``."""
+    head = stream.read(30)
+    stream.seek(0)
+    if len(head) < 30 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return
+    chunk = head[12:16]
+    if chunk == b"VP8X":
+        width = 1 + int.from_bytes(head[24:27], "little")
+        height = 1 + int.from_bytes(head[27:30], "little")
+    elif chunk == b"VP8 ":
+        width = struct.unpack("<H", head[26:28])[0] & 0x3FFF
+        height = struct.unpack("<H", head[28:30])[0] & 0x3FFF
+    elif chunk == b"VP8L":
+        bits = struct.unpack("<I", head[21:25])[0]
+        width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    else:
+        return
+    _check_megapixels(width, height, max_megapixels)
+
+
 def decode_image(source, *, max_side: int | None = None, max_megapixels: float = MAX_MEGAPIXELS,
                  max_aspect_ratio: float = MAX_ASPECT_RATIO) -> DecodedImage:
     """:func:`read_image`, also giving the size of the picture before ``max_side`` reduced it."""
@@ -332,6 +356,7 @@ def decode_image(source, *, max_side: int | None = None, max_megapixels: float =
         with stream as fp:
             fp.seek(0)
             _check_icon_frames(fp, max_megapixels=max_megapixels)
+            _check_webp_canvas(fp, max_megapixels=max_megapixels)
             with Image.open(fp) as pil:
                 # Only the header is read so far: the size is checked before any pixel is decoded.
                 check_size(*pil.size, **limits)

@@ -101,7 +101,8 @@ class Predictor:
         k = floor(k0 + log2(sqrt(wh) / s0)) for this call. To compare with the model's own rule
         without running the backbone twice, use :meth:`inspect` and :meth:`what_if`.
         """
-        rule = self._changed_rule(level_override, canonical_level, canonical_size, what="predict with another level rule")
+        rule = self._changed_rule(level_override, canonical_level, canonical_size,
+                                  what="predict with another level rule")
         return self._run([image], return_features=return_features, pooler=rule)[0][0]
 
     @torch.inference_mode()
@@ -252,7 +253,8 @@ class Predictor:
 
         images = load_coco_gt(ground_truth).dataset["images"]
         name = os.path.basename(str(path))
-        return name if len(images) > 1 or any(os.path.basename(e.get("file_name", "")) == name for e in images) else None
+        named = any(os.path.basename(e.get("file_name", "")) == name for e in images)
+        return name if len(images) > 1 or named else None
 
     def _inspection(self, image_or_inspection) -> Inspection:
         from segfpn.explain import Inspection

@@ -130,7 +130,8 @@ def model_options(*, weights_dir: Path, default: str | None = None) -> list[Mode
     for i, option in enumerate(options):
         if option.value == default or (default_file is not None
                                         and local_file(option.value, weights_dir=weights_dir) == default_file):
-            return [ModelOption(option.value, option.label + " · default"), *options[:i], *options[i + 1:]]
+            # Listed under the default's own value: the picker shows the entry whose value it is given.
+            return [ModelOption(default, option.label + " · default"), *options[:i], *options[i + 1:]]
     return [ModelOption(default, f"{checkpoint_label(default)} · default"), *options]
 
 

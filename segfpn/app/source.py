@@ -118,6 +118,16 @@ class ModelSource:
         self._on_disk_tried = threading.Event()  # the background thread's first step is done
         self._activity: _Activity | None = None  # a download or load under way, for the page
 
+    @property
+    def uses_bundled_model(self) -> bool:
+        """Whether the model in use is the bundled offline one, however its path was written."""
+        if self.loaded_from is None:
+            return False
+        try:
+            return Path(self.loaded_from).expanduser().resolve() == Path(resolve.BUNDLED_CHECKPOINT).resolve()
+        except (OSError, ValueError):
+            return False
+
     @classmethod
     def from_predictor(cls, predictor, name: str | None = None) -> "ModelSource":
         """A source that always hands out ``predictor`` (tests, notebooks)."""
@@ -244,7 +254,7 @@ class ModelSource:
                     self._use(*self._load_first(self.candidates, download=False))
                 except ModelUnavailable:
                     pass  # self.problems says why; the downloads below may still bring one
-                if self.loaded_from == str(resolve.BUNDLED_CHECKPOINT) and self.problems:
+                if self.uses_bundled_model and self.problems:
                     logger.warning("using the bundled offline model (synthetic shapes, no COCO classes) for now: %s",
                                    " ".join(p.message() for p in self.problems))
                 missing = self._downloadable(self._better_than_loaded())
@@ -381,7 +391,7 @@ class ModelSource:
         activity = self._activity.markdown() if self._activity is not None else None
         if self._predictor is not None:
             text = describe_model(self._predictor, self.loaded_from or "")
-            fallback = self.loaded_from == str(resolve.BUNDLED_CHECKPOINT) and self.problems
+            fallback = self.uses_bundled_model and self.problems
             if activity:
                 meanwhile = (f"the offline model is used meanwhile: {OFFLINE_MODEL}" if fallback
                              else "the model below is used meanwhile.")

@@ -86,7 +86,10 @@ class AnchorGenerator(nn.Module):
         out = []
         for i, ((h, w), stride) in enumerate(zip(grid_sizes, self.strides)):
             base = getattr(self, f"cell_anchors_{i}")
-            stride_y, stride_x = (padded_size[0] // h, padded_size[1] // w) if self.strides_from_grid else (stride, stride)
+            if self.strides_from_grid:
+                stride_y, stride_x = padded_size[0] // h, padded_size[1] // w
+            else:
+                stride_y, stride_x = stride, stride
             shift_x = (torch.arange(w, dtype=torch.float32, device=base.device) + self.offset) * stride_x
             shift_y = (torch.arange(h, dtype=torch.float32, device=base.device) + self.offset) * stride_y
             yy, xx = torch.meshgrid(shift_y, shift_x, indexing="ij")

@@ -11,7 +11,8 @@ from torchvision.ops import batched_nms, nms
 DELTA_CLAMP = math.log(1000.0 / 16)
 
 
-def decode_boxes(deltas: torch.Tensor, reference: torch.Tensor, weights: tuple[float, float, float, float]) -> torch.Tensor:
+def decode_boxes(deltas: torch.Tensor, reference: torch.Tensor,
+                 weights: tuple[float, float, float, float]) -> torch.Tensor:
     """Apply ``deltas`` [R, K*4] to ``reference`` boxes [R, 4] (xyxy); returns [R, K*4] xyxy."""
     deltas = deltas.float()
     reference = reference.to(deltas.dtype)
@@ -35,7 +36,8 @@ def decode_boxes(deltas: torch.Tensor, reference: torch.Tensor, weights: tuple[f
     return torch.stack((x1, y1, x2, y2), dim=2).flatten(1)
 
 
-def encode_boxes(targets: torch.Tensor, reference: torch.Tensor, weights: tuple[float, float, float, float]) -> torch.Tensor:
+def encode_boxes(targets: torch.Tensor, reference: torch.Tensor,
+                 weights: tuple[float, float, float, float]) -> torch.Tensor:
     """Inverse of :func:`decode_boxes` for one box per reference: [R, 4] xyxy -> [R, 4] deltas."""
     widths = reference[:, 2] - reference[:, 0]
     heights = reference[:, 3] - reference[:, 1]

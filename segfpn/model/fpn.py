@@ -80,6 +80,7 @@ class FPN(nn.Module):
         if self.top_block is None:
             out[f"p{top + 1}"] = F.max_pool2d(out[names[-1]], kernel_size=1, stride=2)
         else:
-            source = features[self.config.in_features[-1]] if self.config.top_block == "p6p7_from_c5" else out[names[-1]]
+            from_c5 = self.config.top_block == "p6p7_from_c5"
+            source = features[self.config.in_features[-1]] if from_c5 else out[names[-1]]
             out[f"p{top + 1}"], out[f"p{top + 2}"] = self.top_block(source)
         return out

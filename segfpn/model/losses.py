@@ -36,7 +36,8 @@ class Targets:
                        None if self.semantic is None else self.semantic.to(device))
 
 
-def match(iou: torch.Tensor, thresholds: tuple[float, ...], *, allow_low_quality: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def match(iou: torch.Tensor, thresholds: tuple[float, ...], *,
+          allow_low_quality: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Assign each of N candidates (columns of ``iou`` [G, N]) to its best ground truth.
 
     With thresholds (lo, hi): label 1 if IoU >= hi, 0 if < lo, -1 (ignored) between; with (t,):
@@ -46,7 +47,8 @@ def match(iou: torch.Tensor, thresholds: tuple[float, ...], *, allow_low_quality
     """
     n = iou.shape[1]
     if iou.shape[0] == 0:
-        return torch.zeros(n, dtype=torch.int64, device=iou.device), torch.zeros(n, dtype=torch.int64, device=iou.device)
+        none = torch.zeros(n, dtype=torch.int64, device=iou.device)
+        return none, none.clone()
     best, index = iou.max(dim=0)
     labels = torch.ones(n, dtype=torch.int64, device=iou.device)
     if len(thresholds) == 2:
@@ -88,7 +90,8 @@ def rpn_losses(objectness: torch.Tensor, deltas: torch.Tensor, anchors: torch.Te
     sampled = torch.cat([pos, neg])
     target_objectness = torch.cat([torch.ones_like(pos), torch.zeros_like(neg)]).to(objectness.dtype)
     normaliser = max(sampled.numel(), 1)
-    loss_objectness = F.binary_cross_entropy_with_logits(objectness[sampled], target_objectness, reduction="sum") / normaliser
+    loss_objectness = F.binary_cross_entropy_with_logits(objectness[sampled], target_objectness,
+                                                         reduction="sum") / normaliser
     if pos.numel():
         target_deltas = encode_boxes(targets.boxes[index[pos]], anchors[pos], box_weights)
         loss_box = F.l1_loss(deltas[pos], target_deltas, reduction="sum") / normaliser
@@ -125,8 +128,8 @@ def sample_rois(proposals: torch.Tensor, targets: Targets, *, batch_size: int, p
     return SampledRoIs(boxes=boxes[chosen], labels=labels, matched=index[chosen])
 
 
-def box_head_losses(class_logits: torch.Tensor, box_deltas: torch.Tensor, rois: list[SampledRoIs], targets: list[Targets], *,
-                    background_index: str, box_weights) -> dict[str, torch.Tensor]:
+def box_head_losses(class_logits: torch.Tensor, box_deltas: torch.Tensor, rois: list[SampledRoIs],
+                    targets: list[Targets], *, background_index: str, box_weights) -> dict[str, torch.Tensor]:
     """Cross-entropy over K + 1 classes and class-specific L1 on foreground RoIs (all images)."""
     num_classes = class_logits.shape[1] - 1
     labels = torch.cat([r.labels for r in rois])
@@ -155,7 +158,8 @@ def box_head_losses(class_logits: torch.Tensor, box_deltas: torch.Tensor, rois: 
 def mask_targets(gt_masks: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """The part of each ground-truth mask [R, h, w] inside its RoI [R, 4], resampled to [R, size, size] in {0, 1}."""
     rois = torch.cat([torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1)
-    sampled = roi_align(gt_masks[:, None].float(), rois, (size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    sampled = roi_align(gt_masks[:, None].float(), rois, (size, size), spatial_scale=1.0, sampling_ratio=0,
+                        aligned=True)
     return (sampled[:, 0] >= 0.5).float()
 
 

@@ -71,7 +71,8 @@ def postprocess_instances(outputs: InstanceOutputs, input_size: tuple[int, int],
     return ImageInstances(mask_crops=crops, mask_regions=regions, **fields)
 
 
-def semantic_logits_to_image(logits: torch.Tensor, input_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
+def semantic_logits_to_image(logits: torch.Tensor, input_size: tuple[int, int],
+                             output_size: tuple[int, int]) -> torch.Tensor:
     """[S, Hp, Wp] (or [B, S, Hp, Wp]) logits of the padded input -> [S, H, W] ([B, S, H, W]) at
     the original size (crop, then bilinear)."""
     batched = logits.dim() == 4

@@ -79,7 +79,8 @@ def _to_channel_order(x: torch.Tensor, config: InputConfig) -> torch.Tensor:
     return x.flip(0) if config.channel_order == "bgr" else x
 
 
-def preprocess_image(image: np.ndarray, config: InputConfig, *, device: torch.device | str = "cpu") -> tuple[torch.Tensor, tuple[int, int]]:
+def preprocess_image(image: np.ndarray, config: InputConfig, *,
+                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, tuple[int, int]]:
     """RGB uint8 [H, W, 3] -> (normalised float32 [3, h, w] in the network's channel order, (h, w))."""
     height, width = image.shape[:2]
     new_h, new_w = resized_size(height, width, config)

@@ -101,7 +101,8 @@ def level_candidates(logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.
 
 
 def select_dense_detections(logits: list[torch.Tensor], deltas: list[torch.Tensor], anchors: list[torch.Tensor],
-                            levels: list[int], image_size: tuple[int, int], config: RetinaHeadConfig) -> DenseDetections:
+                            levels: list[int], image_size: tuple[int, int],
+                            config: RetinaHeadConfig) -> DenseDetections:
     """Per-level candidates (:func:`level_candidates`), optionally clipped to ``image_size`` (h, w),
     then NMS per class over all levels and the best ``detections_per_image``."""
     parts = []

@@ -123,6 +123,7 @@ class RoIHeads(nn.Module):
         side = 2 * self.config.mask_head.pooler_resolution
         mask_features, _ = self.mask_pooler(features, fg_boxes)
         labels = torch.cat([r.labels[r.foreground] for r in rois])
-        gt = torch.cat([mask_targets(t.masks[r.matched[r.foreground]], b, side) for r, t, b in zip(rois, targets, fg_boxes)])
+        gt = torch.cat([mask_targets(t.masks[r.matched[r.foreground]], b, side)
+                        for r, t, b in zip(rois, targets, fg_boxes)])
         losses["loss_mask"] = mask_loss(self.mask_head(mask_features), labels, gt)
         return losses

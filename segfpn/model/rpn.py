@@ -72,7 +72,7 @@ class RPN(nn.Module):
         anchors = self.anchor_generator([tuple(m.shape[-2:]) for m in maps], padded_size)
         training = targets is not None
         proposals = [
-            self.select_proposals([l[i] for l in logits], [d[i] for d in deltas], anchors, image_sizes[i],
+            self.select_proposals([level[i] for level in logits], [d[i] for d in deltas], anchors, image_sizes[i],
                                   training=training)
             for i in range(len(image_sizes))
         ]
@@ -80,9 +80,10 @@ class RPN(nn.Module):
         if training:
             cfg = self.config
             all_anchors = torch.cat(anchors)
-            per_image = [rpn_losses(torch.cat([l[i] for l in logits]), torch.cat([d[i] for d in deltas]), all_anchors,
-                                    t, batch_size=cfg.batch_size_per_image, positive_fraction=cfg.positive_fraction,
-                                    iou_thresholds=cfg.iou_thresholds, box_weights=RPN_BOX_WEIGHTS)
+            per_image = [rpn_losses(torch.cat([level[i] for level in logits]), torch.cat([d[i] for d in deltas]),
+                                    all_anchors, t, batch_size=cfg.batch_size_per_image,
+                                    positive_fraction=cfg.positive_fraction, iou_thresholds=cfg.iou_thresholds,
+                                    box_weights=RPN_BOX_WEIGHTS)
                          for i, t in enumerate(targets)]
             losses = {k: sum(p[k] for p in per_image) / len(per_image) for k in per_image[0]}
         return proposals, losses

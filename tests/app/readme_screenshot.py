@@ -1,15 +1,14 @@
 r"""Make docs/screenshot.png, the README's picture of the app with results (and docs/levels.png).
 
-    PYTHONPATH=. python tests/app/readme_screenshot.py        # mini test checkpoint, pyramid inspector at p3
-    PYTHONPATH=. python tests/app/readme_screenshot.py --weights weights/synthetic_panoptic_fpn.safetensors \
-        --photo examples/images/synthetic_shapes_1.png --tab Levels --score 0.5 --out docs/levels.png
+    PYTHONPATH=. python tests/app/readme_screenshot.py        # bundled model, a synthetic example, Panoptic tab
+    PYTHONPATH=. python tests/app/readme_screenshot.py --tab Levels --out docs/levels.png
     PYTHONPATH=. python tests/app/readme_screenshot.py --weights weights/model_final_cafdb1.pkl \
-        --tab Instances --score 0.5
+        --photo examples/images/cyclists_33823288584.jpg --tab Instances
 
 Serves the app on 127.0.0.1, uploads a photo in Debian's Chromium (see app_browser.py), presses
-Segment and takes the screenshot. The mini checkpoint has random weights: its detections are
-meaningless (its features are not: the pyramid inspector shows the photo's structure), so the
-default picture is the inspector; with real weights show the Instances or Panoptic tab.
+Segment and takes the screenshot. The default is the bundled offline model on one of the synthetic
+examples it was trained for, so that the picture shows a real segmentation; with a COCO checkpoint
+use a real photo.
 """
 
 from __future__ import annotations
@@ -28,10 +27,10 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default=str(ROOT / "tests/data/d2_mini/panoptic_fpn_mini.pkl"))
-    parser.add_argument("--photo", default=str(ROOT / "examples/images/cyclists_33823288584.jpg"))
-    parser.add_argument("--score", type=float, default=0.85, help="score threshold to show")
-    parser.add_argument("--tab", default="Pyramid inspector", help="the tab to show")
+    parser.add_argument("--weights", default=str(ROOT / "weights/synthetic_panoptic_fpn.safetensors"))
+    parser.add_argument("--photo", default=str(ROOT / "examples/images/synthetic_shapes_1.png"))
+    parser.add_argument("--score", type=float, default=0.5, help="score threshold to show")
+    parser.add_argument("--tab", default="Panoptic", help="the tab to show")
     parser.add_argument("--level", default="p3", help="pyramid level for the inspector")
     parser.add_argument("--mode", default="mean |activation|", help="inspector mode (its label)")
     parser.add_argument("--explain", type=int, default=0, help="Levels tab: the detection (table row) to explain")

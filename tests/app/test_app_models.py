@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import random
 import string
 import threading
@@ -99,11 +100,14 @@ def test_the_picker_lists_the_catalogue_the_weights_folder_and_the_bundled_model
     assert values.index(known.name) < values.index(BUNDLED) < first_download
     assert all(" · download" in o.label for o in options[first_download:])
 
-    # The default found in the list is marked there, not added: by name, or by its file.
-    for default in (known.name, str(tmp_path / known.file_name)):
+    # The default found in the list is marked there, not added: by name, or by its file (absolute or
+    # relative path). It is listed under the value the app was given, the value the picker is set
+    # to: a dropdown shows nothing for a value that is not among its choices.
+    for default in (known.name, str(tmp_path / known.file_name), os.path.relpath(tmp_path / known.file_name)):
         marked = model_options(weights_dir=tmp_path, default=default)
-        assert [o.value for o in marked].count(known.name) == 1 and len(marked) == len(options) - 1
-        assert marked[0].value == known.name and marked[0].label.endswith(" · default")
+        values = [o.value for o in marked]
+        assert values[0] == default and marked[0].label == labels[known.name] + " · default"
+        assert len(marked) == len(options) - 1 and known.name not in values[1:]
     assert model_options(weights_dir=tmp_path / "missing")[0].value == BUNDLED  # no folder: no files
 
 
@@ -333,3 +337,17 @@ def test_views_say_why_they_are_empty_for_each_kind(weights, tmp_path):
     b = viz.draw_levels(retina.image, retina.result.instances, score_threshold=0.0, level_range=(3, 7),
                         title="RoI level by size (final box)")
     assert not np.array_equal(a, b)
+
+
+def test_the_bundled_model_is_recognised_however_its_path_is_written(tmp_path, monkeypatch):
+    """The page puts the offline model's own examples first when it is in use: `--weights` with
+    a relative path, an absolute one, or one through a link all name the bundled file."""
+    bundled = Path(BUNDLED).resolve()
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(bundled)
+    monkeypatch.chdir(bundled.parents[1])
+    for written in (str(bundled), os.path.relpath(bundled), f"./weights/../weights/{bundled.name}", str(link)):
+        assert ModelSource.from_predictor(object(), written).uses_bundled_model, written
+    (tmp_path / bundled.name).write_bytes(bundled.read_bytes())  # the same bytes elsewhere: another file
+    for other in (str(tmp_path / bundled.name), "panoptic_fpn_R_50_3x"):
+        assert not ModelSource.from_predictor(object(), other).uses_bundled_model, other

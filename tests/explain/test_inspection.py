@@ -58,7 +58,8 @@ def test_forced_level_equals_a_model_with_that_level_hard_wired(bundled, inspect
 
 
 def test_other_k0_and_s0_equal_a_model_configured_so(bundled, inspection):
-    configured = segfpn.load(BUNDLED, device="cpu", overrides={"pooler": {"canonical_level": 3, "canonical_size": 96.0}})
+    configured = segfpn.load(BUNDLED, device="cpu",
+                             overrides={"pooler": {"canonical_level": 3, "canonical_size": 96.0}})
     full = configured.predict(SYNTHETIC[1])
     changed = bundled.what_if(inspection, canonical_level=3, canonical_size=96)
     assert_same_instances(changed.instances, full.instances)
@@ -178,7 +179,8 @@ def test_detectron2_settings_rerun_and_forced_level(d2_mini):
     assert len(inspection.result.instances) == 100 and d2_mini.config.box_head.clip_output_boxes
     assert_same_instances(d2_mini.what_if(inspection).instances, inspection.result.instances)
     hard_wired = segfpn.load(D2_MINI / "panoptic_fpn_mini.pkl", device="cpu",
-                             overrides={"box_head": {"score_threshold": 0.0}, "input": {"min_size": 320, "max_size": 480},
+                             overrides={"box_head": {"score_threshold": 0.0},
+                                        "input": {"min_size": 320, "max_size": 480},
                                         "pooler": {"min_level": 3, "max_level": 3}})
     assert_same_instances(d2_mini.what_if(inspection, level=3).instances, hard_wired.predict(image).instances)
     e = d2_mini.explain(inspection, 7)
@@ -223,5 +225,6 @@ def test_a_model_without_masks_is_explained_by_its_boxes():
     assert e.mask_rule.level == e.level and e.box_rule.level == e.box_level
     same = faster.what_if(inspection)
     assert same.counts["kept"] == 100 and np.all(np.isnan(same.mask_iou))
-    hard_wired = segfpn.load(checkpoint, device="cpu", overrides={**settings, "pooler": {"min_level": 4, "max_level": 4}})
+    hard_wired = segfpn.load(checkpoint, device="cpu",
+                             overrides={**settings, "pooler": {"min_level": 4, "max_level": 4}})
     assert_same_instances(faster.what_if(inspection, level=4).instances, hard_wired.predict(image).instances)

@@ -163,7 +163,8 @@ def test_retinanet_detections_in_input_coordinates(retinanet_case, retinanet):
     logits, deltas, anchors = head_and_anchors(retinanet, batch, outputs)
     levels = [int(name[1:]) for name in retinanet.model.level_names]
     with torch.inference_mode():
-        dense = select_dense_detections(logits, deltas, anchors, levels, batch.image_sizes[0], retinanet.config.retina_head)
+        dense = select_dense_detections(logits, deltas, anchors, levels, batch.image_sizes[0],
+                                        retinanet.config.retina_head)
     det = outputs.instances[0]  # what the forward pass returned: the same selection
     assert torch.equal(dense.boxes, det.boxes) and torch.equal(dense.levels, det.levels)
     assert det.mask_probs is None and torch.equal(det.levels, det.box_levels)
@@ -275,8 +276,8 @@ def test_faster_rcnn_box_head_on_detectron2s_proposals(faster_rcnn_case, faster_
     with torch.inference_mode():
         pooled, levels = heads.box_pooler(outputs.pyramid, [proposals])
         logits, deltas = heads.box_predictor(heads.box_head(pooled))
-        det = faster_rcnn.model.detect(outputs.pyramid, [Proposals(boxes=proposals, objectness=torch.zeros(len(proposals)))],
-                                       batch.image_sizes)[0]
+        given = Proposals(boxes=proposals, objectness=torch.zeros(len(proposals)))
+        det = faster_rcnn.model.detect(outputs.pyramid, [given], batch.image_sizes)[0]
     assert np.array_equal(levels.numpy() - 2, ref["proposal_levels"])
     np.testing.assert_allclose(torch.softmax(logits, -1).numpy(), ref["roi_cls_probs"], atol=1e-4)
     if "roi_bbox_deltas" in ref:

@@ -114,7 +114,8 @@ def test_final_instances(case, parity_figures):
     name, ref, _, _, result = case
     inst = result.instances
     agreement = compare_detections(
-        {"boxes": ref["pred_boxes"], "scores": ref["scores"], "labels": ref["pred_classes"], "masks": ref["pred_masks"]},
+        {"boxes": ref["pred_boxes"], "scores": ref["scores"], "labels": ref["pred_classes"],
+         "masks": ref["pred_masks"]},
         {"boxes": inst.boxes, "scores": inst.scores, "labels": inst.labels, "masks": np.asarray(inst.masks)})
     parity_figures("detectron2 mini", f"{ref['image_hw'][1]}x{ref['image_hw'][0]}", agreement.to_dict())
     assert agreement.matched == 100, agreement

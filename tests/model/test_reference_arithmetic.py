@@ -133,7 +133,8 @@ def test_cell_anchors_equal_torchvision_for_random_sizes_and_ratios():
         size = int(rng.integers(4, 1025))
         ratios = tuple(float(r) for r in np.round(rng.uniform(0.1, 6.0, size=3), int(rng.integers(1, 4))))
         expected = reference.generate_anchors([size], list(ratios))
-        assert torch.equal(cell_anchors(size, ratios, round_corners=True, arithmetic="float32"), expected), (size, ratios)
+        ours = cell_anchors(size, ratios, round_corners=True, arithmetic="float32")
+        assert torch.equal(ours, expected), (size, ratios)
 
 
 def test_cell_anchors_equal_detectron2_for_random_sizes_and_ratios():
@@ -168,8 +169,9 @@ def test_anchor_grids_equal_both_references_at_random_input_sizes(seed):
         features = [torch.empty(1, 1, *g) for g in grids]
         expected = reference(ImageList(torch.empty(1, 3, *padded), [size]), features)[0]
         assert torch.equal(torch.cat(ours_tv(grids, padded)), expected), (height, width)
-        expected_d2 = torch.cat([detectron2_rules.grid_anchors(g, s, d2.anchor_offset, detectron2_rules.cell_anchors(a, d2.aspect_ratios))
-                                 for g, s, a in zip(grids, PYRAMID_STRIDES.values(), d2.anchor_sizes)])
+        expected_d2 = torch.cat([
+            detectron2_rules.grid_anchors(g, s, d2.anchor_offset, detectron2_rules.cell_anchors(a, d2.aspect_ratios))
+            for g, s, a in zip(grids, PYRAMID_STRIDES.values(), d2.anchor_sizes)])
         assert torch.equal(torch.cat(ours_d2(grids, padded)), expected_d2), (height, width)
 
 
@@ -189,7 +191,8 @@ def boxes_near_level_boundaries(rng: np.random.Generator, count: int, canonical_
     h = np.array([np.float32(v) for v in h])
     for _ in range(3):
         step = rng.integers(-1, 2, size=count)
-        h = np.where(step > 0, np.nextafter(h, np.float32(np.inf)), np.where(step < 0, np.nextafter(h, np.float32(0)), h))
+        h = np.where(step > 0, np.nextafter(h, np.float32(np.inf)),
+                     np.where(step < 0, np.nextafter(h, np.float32(0)), h))
     x0 = rng.uniform(0, 500, size=count).astype(np.float32)
     y0 = rng.uniform(0, 500, size=count).astype(np.float32)
     near = np.stack([x0, y0, x0 + w, y0 + h], axis=1).astype(np.float32)
@@ -374,8 +377,9 @@ def test_retinanet_anchors_equal_both_references_at_random_input_sizes(seed):
         features = [torch.empty(1, 1, *g) for g in grids]
         expected = reference(ImageList(torch.empty(1, 3, *padded), [size]), features)[0]
         assert torch.equal(torch.cat(ours_tv(grids, padded)), expected), (height, width)
-        expected_d2 = torch.cat([detectron2_rules.grid_anchors(g, s, 0.0, detectron2_rules.generate_cell_anchors(a, d2.aspect_ratios))
-                                 for g, s, a in zip(grids, strides, detectron2_rules.RETINANET_ANCHOR_SIZES)])
+        expected_d2 = torch.cat([
+            detectron2_rules.grid_anchors(g, s, 0.0, detectron2_rules.generate_cell_anchors(a, d2.aspect_ratios))
+            for g, s, a in zip(grids, strides, detectron2_rules.RETINANET_ANCHOR_SIZES)])
         assert torch.equal(torch.cat(ours_d2(grids, padded)), expected_d2), (height, width)
 
 
@@ -451,7 +455,10 @@ def test_the_retinanet_settings_decide_different_detections():
     rng = np.random.default_rng(7)
     logits, deltas, anchors = random_dense_outputs(rng, [2400, 900, 300, 90, 30], 10, (800, 1216))
     tv, d2 = torchvision_retinanet_v1().retina_head, detectron2_retinanet().retina_head
-    run = lambda cfg: select_dense_detections(logits, deltas, anchors, [3, 4, 5, 6, 7], (800, 1216), cfg)
+
+    def run(cfg):
+        return select_dense_detections(logits, deltas, anchors, [3, 4, 5, 6, 7], (800, 1216), cfg)
+
     unclipped = dataclasses.replace(tv, clip_before_nms=False)
     assert not torch.equal(run(tv).boxes, run(unclipped).boxes[:len(run(tv).boxes)])
     assert len(run(d2).boxes) == 100 < len(run(tv).boxes) == 300

@@ -39,7 +39,7 @@ def test_fpn_top_down_sum_and_p6():
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.dirac_(module.weight)  # identity convs: the FPN reduces to its additions
             torch.nn.init.zeros_(module.bias)
-    feats = {f"c{l}": torch.full((1, 4, 2 ** (7 - l), 2 ** (7 - l)), float(10 ** (l - 2))) for l in range(2, 6)}
+    feats = {f"c{k}": torch.full((1, 4, 2 ** (7 - k), 2 ** (7 - k)), float(10 ** (k - 2))) for k in range(2, 6)}
     out = fpn(feats)
     assert list(out) == ["p2", "p3", "p4", "p5", "p6"]
     assert out["p5"].unique().tolist() == [1000.0]
@@ -70,9 +70,10 @@ def test_level_assignment_rule(side, level):
 
 
 def test_pooler_reads_only_the_assigned_level():
-    features = {f"p{l}": torch.full((1, 1, 256 // 2 ** l, 256 // 2 ** l), float(l)) for l in range(2, 6)}
+    features = {f"p{k}": torch.full((1, 1, 256 // 2 ** k, 256 // 2 ** k), float(k)) for k in range(2, 6)}
     boxes = torch.tensor([[0.0, 0.0, 40.0, 40.0], [0.0, 0.0, 120.0, 120.0], [0.0, 0.0, 250.0, 250.0]])
-    pooled, levels = LevelRoIPooler(output_size=7, config=PoolerConfig(aligned=True, sampling_ratio=0))(features, [boxes])
+    pooler = LevelRoIPooler(output_size=7, config=PoolerConfig(aligned=True, sampling_ratio=0))
+    pooled, levels = pooler(features, [boxes])
     assert levels.tolist() == [2, 3, 4]
     assert [pooled[i].unique().item() for i in range(3)] == [2.0, 3.0, 4.0]
 

@@ -2,7 +2,7 @@
 give torchvision's detections at every image size.
 
 As for Mask R-CNN (test_torchvision_parity.py): torchvision's own builders with seeded, calibrated
-random weights (segfpn.reference), saved, loaded with segfpn.load and run on real photos resized
+random weights (tests/reference.py), saved, loaded with segfpn.load and run on real photos resized
 to sizes photos come in, a panorama, a tall strip and a seeded random size. Faster R-CNN runs with
 a score threshold of 0 (100 detections through every head); RetinaNet with its own 0.05
 threshold, its logits calibrated so that a few thousand (anchor, class) pairs pass it, and its
@@ -19,7 +19,7 @@ import segfpn
 from segfpn.checkpoints.loading import load_checkpoint
 from segfpn.cli import main as cli_main
 from segfpn.evaluation.agreement import compare_detections
-from segfpn.reference import build_torchvision_detector
+from reference import build_torchvision_detector
 
 #: builder -> (overrides for segfpn, keyword arguments for torchvision's builder): the same settings on
 #: both sides. v2's GroupNorm standardises every level, so with random weights p3's ~12M (anchor,
@@ -110,7 +110,8 @@ def test_same_detections_as_torchvision(pair, size, parity_figures):
     assert ref["scores"].max() - ref["scores"].min() > 0.05, "degenerate reference scores"
     # torchvision labels are COCO ids (slot 0 = background); ours index the 90 foreground slots.
     assert (ref["labels"] > 0).all()
-    reference_dets = {"boxes": ref["boxes"].numpy(), "scores": ref["scores"].numpy(), "labels": ref["labels"].numpy() - 1}
+    reference_dets = {"boxes": ref["boxes"].numpy(), "scores": ref["scores"].numpy(),
+                      "labels": ref["labels"].numpy() - 1}
     agreement = compare_detections(reference_dets, {"boxes": inst.boxes, "scores": inst.scores, "labels": inst.labels})
     parity_figures(f"torchvision {pair.name}", f"{size[0]}x{size[1]}", agreement.to_dict())
     assert agreement.ok, agreement

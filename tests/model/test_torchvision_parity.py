@@ -2,7 +2,7 @@
 every image size, not only the ones that happen to agree.
 
 The real files cannot be downloaded here, so torchvision's own models are built with seeded,
-calibrated random weights (segfpn.reference), saved, loaded with segfpn.load and compared on real
+calibrated random weights (tests/reference.py), saved, loaded with segfpn.load and compared on real
 photos resized to many sizes (the sizes photos come in, and seeded random ones), with a score
 threshold of 0 so that 100 detections flow through every head. Masks are binarised with >= 0.5
 on both sides (segfpn.evaluation.agreement).
@@ -14,7 +14,7 @@ import torch
 
 import segfpn
 from segfpn.evaluation.agreement import MASK_THRESHOLD, compare_detections
-from segfpn.reference import build_torchvision_maskrcnn
+from reference import build_torchvision_maskrcnn
 
 ALL_DETECTIONS = {"box_head": {"score_threshold": 0.0}}
 #: (width, height): the sizes photos come in (COCO's commonest among them), a panorama and a tall

@@ -246,3 +246,41 @@ def test_hostile_files_are_refused_before_they_cost_memory():
         assert grown < 20, (name, grown, refused[name])
     for name, message in refused.items():
         assert BY_NAME[name].message.replace(BY_NAME[name].file_name, "input") in message, (name, message)
+
+
+def _webp_declaring(size: tuple[int, int], layout: str) -> bytes:
+    """A real 16x16 WebP in ``layout`` ("VP8 ", "VP8L" or "VP8X"), its header changed to declare
+    ``size`` (width, height)."""
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    options = {"VP8 ": {}, "VP8L": {"lossless": True}, "VP8X": {"exif": Image.Exif().tobytes()}}[layout]
+    buffer = io.BytesIO()
+    image.save(buffer, "WEBP", **options)
+    data = bytearray(buffer.getvalue())
+    assert data[12:16] == layout.encode()
+    width, height = size
+    if layout == "VP8X":
+        data[24:30] = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    elif layout == "VP8 ":
+        data[26:30] = struct.pack("<HH", width, height)
+    else:
+        bits = struct.unpack("<I", data[21:25])[0] & ~((1 << 28) - 1)
+        data[21:25] = struct.pack("<I", bits | (width - 1) | (height - 1) << 14)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("layout", ["VP8 ", "VP8L", "VP8X"])
+def test_a_webp_declaring_a_huge_canvas_is_refused_before_it_is_opened(layout, monkeypatch):
+    """libwebp allocates a WebP's whole canvas while Pillow opens it (16383x16383: 1 GiB for a
+    300-byte file), so the declared size is checked from the header before Pillow sees the file."""
+    from PIL import Image as PILImage
+
+    opened = []
+    real_open = PILImage.open
+    monkeypatch.setattr(PILImage, "open", lambda fp, *a, **k: opened.append(fp) or real_open(fp, *a, **k))
+    rng = np.random.default_rng(5)
+    for size in [(16383, 16383), (6000, 7000)] + [tuple(int(v) for v in rng.integers(7000, 16384, 2))
+                                                  for _ in range(3)]:
+        with pytest.raises(ImageError, match=rf"too large: \d+ megapixels \({size[0]}x{size[1]}\)"):
+            read_image(_webp_declaring(size, layout))
+    assert opened == []
+    assert read_image(_webp_declaring((16, 16), layout)).shape == (16, 16, 3)  # the untouched size still reads
