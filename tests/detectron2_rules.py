@@ -68,14 +68,7 @@ RETINANET_ANCHOR_SIZES = [[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [
 
 def generate_cell_anchors(sizes: list[float], aspect_ratios: tuple[float, ...]) -> torch.Tensor:
     """``DefaultAnchorGenerator.generate_cell_anchors`` with several sizes: size-major."""
-    anchors = []
-    for size in sizes:
-        area = size**2.0
-        for aspect_ratio in aspect_ratios:
-            w = math.sqrt(area / aspect_ratio)
-            h = aspect_ratio * w
-            anchors.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
-    return torch.tensor(anchors)
+    return torch.cat([cell_anchors(size, aspect_ratios) for size in sizes])
 
 
 def apply_deltas(deltas: torch.Tensor, boxes: torch.Tensor, weights=(1.0, 1.0, 1.0, 1.0),
