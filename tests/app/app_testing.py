@@ -44,12 +44,9 @@ def save_tiny_box_only(folder: Path, *, seed: int = 0) -> dict[str, Path]:
     input, 80 COCO classes, few proposals, class scores spread so that some pass 0.5) saved as segfpn
     ``.safetensors`` in ``folder``: ``{stem: path}`` of :data:`TINY_BOX_ONLY`. Built unoptimised
     (a Predictor's folded BatchNorm must not be saved)."""
-    import torch
-
-    from segfpn.categories import coco_instance_categories
-    from segfpn.checkpoints.loading import save_native
     from segfpn.config import ARCHITECTURES, BackboneConfig
-    from segfpn.model.build import build_model
+
+    from testdata import save_random_detector
 
     paths = {}
     for stem, arch in TINY_BOX_ONLY.items():
@@ -62,13 +59,9 @@ def save_tiny_box_only(folder: Path, *, seed: int = 0) -> dict[str, Path]:
             changes["box_head"] = replace(config.box_head, fc_channels=(32, 32), detections_per_image=30)
         if config.retina_head is not None:
             changes["retina_head"] = replace(config.retina_head, num_convs=2, norm_groups=8, detections_per_image=50)
-        torch.manual_seed(seed)
-        model = build_model(config.replace(num_classes=80, **changes)).eval()
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name.endswith(("cls_score.weight", "cls_score.bias")):
-                    parameter.normal_(0, 1.0)
-        paths[stem] = save_native(Path(folder) / f"{stem}.safetensors", model, coco_instance_categories(), arch=arch)
+        paths[stem] = save_random_detector(Path(folder) / f"{stem}.safetensors",
+                                           config.replace(num_classes=80, **changes), arch=arch, seed=seed,
+                                           class_score_spread=1.0)
     return paths
 
 

@@ -81,19 +81,13 @@ def test_scoring_box_results_files_says_mask_ap_does_not_apply(gt, tmp_path):
 @pytest.fixture(scope="module")
 def retinanet_weights(tmp_path_factory):
     """A tiny random RetinaNet as a native file (COCO's 80 classes)."""
-    import torch
-
-    from segfpn.categories import coco_instance_categories
-    from segfpn.checkpoints.loading import save_native
     from segfpn.config import ARCHITECTURES
-    from segfpn.model.build import build_model
 
-    from model.test_box_only import tiny
+    from testdata import save_random_detector, tiny_detector_config
 
-    torch.manual_seed(0)
-    model = build_model(tiny(ARCHITECTURES["retinanet_R_50_FPN"]())).eval()
     path = tmp_path_factory.mktemp("weights") / "retinanet.safetensors"
-    return save_native(path, model, coco_instance_categories(), arch="retinanet_R_50_FPN")
+    return save_random_detector(path, tiny_detector_config(ARCHITECTURES["retinanet_R_50_FPN"]()),
+                                arch="retinanet_R_50_FPN")
 
 
 def test_cli_eval_of_retinanet_by_anchor_level(gt, tmp_path, capsys, retinanet_weights):

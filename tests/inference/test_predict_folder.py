@@ -68,13 +68,11 @@ def test_folder_outputs_merged_results_and_broken_image(tmp_path, predictor):
 def _undecodable_files() -> dict[str, bytes]:
     """Files Pillow's decoders fail on with ValueError, IndexError, AttributeError and
     NotImplementedError (not OSError), named to sort between the photos of make_folder."""
-    sys.path.insert(0, str(ROOT / "tests" / "robustness"))
-    from input_cases import BY_NAME
+    from input_cases import BY_NAME  # tests/robustness is on pytest's pythonpath
 
     made = {name: BY_NAME[case].make() for name, case in (
         ("img00_header.png", "png_ihdr_length_zero"), ("img01_cut.png", "qoi_cut"),
         ("img02_stack.tif", "spider_image_number_without_stack"), ("img03_flags.jpg", "dds_unknown_flags"))}
-    sys.path.remove(str(ROOT / "tests" / "robustness"))
     return made
 
 

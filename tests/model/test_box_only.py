@@ -2,7 +2,6 @@
 results go through: configs, the FPN's top block, results without masks, drawing, COCO export and
 the detection-agreement measure."""
 
-import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 
 from segfpn.categories import coco_instance_categories
 from segfpn.checkpoints.loading import load_checkpoint, save_native
-from segfpn.config import (ARCHITECTURES, BackboneConfig, ConfigError, FPNConfig, ModelConfig, RetinaHeadConfig,
+from segfpn.config import (ARCHITECTURES, ConfigError, FPNConfig, ModelConfig, RetinaHeadConfig,
                            SemanticHeadConfig, detectron2_faster_rcnn, detectron2_retinanet, torchvision_retinanet_v2)
 from segfpn.evaluation.agreement import compare_detections
 from segfpn.export import instances_to_coco_results
@@ -24,29 +23,12 @@ from segfpn.structures import Instances
 from segfpn.viz import draw_instances, draw_levels
 from segfpn.viz.levels import PYRAMID_LEVEL_COLORS, RETINANET_LEVELS
 
-from testdata import load_rgb
-
-TINY = dict(backbone=BackboneConfig(depth=18, stem_channels=8, res2_out_channels=16),
-            input=dataclasses.replace(detectron2_faster_rcnn().input, min_size=256, max_size=400))
-
-
-def tiny(config: ModelConfig) -> ModelConfig:
-    changes = dict(TINY, fpn=dataclasses.replace(config.fpn, out_channels=16))
-    if config.box_head is not None:
-        changes["box_head"] = dataclasses.replace(config.box_head, fc_channels=(32, 32), score_threshold=0.0)
-    if config.retina_head is not None:
-        changes["retina_head"] = dataclasses.replace(config.retina_head, num_convs=2, norm_groups=8,
-                                                     score_threshold=0.0, detections_per_image=50)
-    return config.replace(num_classes=80, **changes)
+from testdata import load_rgb, random_detector
+from testdata import tiny_detector_config as tiny
 
 
 def predictor(config: ModelConfig, seed: int = 0) -> Predictor:
-    torch.manual_seed(seed)
-    model = build_model(config)
-    with torch.no_grad():  # spread the class scores so that the selection has something to choose
-        for name, p in model.named_parameters():
-            if name.endswith(("cls_score.weight", "cls_score.bias")):
-                p.normal_(0, 0.5)
+    model = random_detector(config, seed=seed, class_score_spread=0.5)
     return Predictor(model, coco_instance_categories(), device="cpu", optimize=True)
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # app_process, input_cases, load_clients, beside this file
+import input_cases
+from app_process import QUEUE_SIZE, ROOT, AppProcess, free_port
 
-import input_cases  # noqa: E402
-from app_process import QUEUE_SIZE, ROOT, AppProcess, free_port  # noqa: E402
+from testdata import LocalHTTPServer
+
+HERE = Path(__file__).resolve().parent
 
 MINI = ROOT / "tests" / "data" / "d2_mini" / "panoptic_fpn_mini.pkl"
 
@@ -92,13 +93,12 @@ def cli_literal_run(cli_job) -> dict:
             "out": cli_job.root / "literal"}
 
 
-class CutDownloads:
+class CutDownloads(LocalHTTPServer):
     """An HTTP server on 127.0.0.1 that announces ``total`` bytes, sends ``sent`` and hangs up:
     a download interrupted halfway. ``hits``: the paths asked for."""
 
     def __init__(self, total: int = 4 << 20, sent: int = 1 << 20):
         import http.server
-        import threading
 
         self.hits: list[str] = []
         outer = self
@@ -116,16 +116,10 @@ class CutDownloads:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
-class TrickleDownloads:
+class TrickleDownloads(LocalHTTPServer):
     """An HTTP server on 127.0.0.1 that answers every checkpoint with its true size (the
     catalogue's) and then one zero byte every ``every_s`` seconds, until closed: a mirror too
     slow to ever finish, never slow enough for a read to time out."""
@@ -158,15 +152,11 @@ class TrickleDownloads:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
     def close(self) -> None:
         self.closed.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()
 
 
 @pytest.fixture

@@ -24,6 +24,8 @@ from input_cases import CAT, PORTRAIT
 from PIL import Image
 from serve_app import MINI_CHECKPOINT, SMALL_INPUT
 
+from testdata import LocalHTTPServer
+
 import segfpn
 from segfpn.checkpoints import resolve
 from segfpn.app.source import ModelSource
@@ -186,7 +188,7 @@ def test_weights_folder_read_only(readonly_app):
     assert readonly_app.alive()
 
 
-class _GatedMirror:
+class _GatedMirror(LocalHTTPServer):
     """An HTTP server on 127.0.0.1 serving ``data`` for any path: the headers and the first
     half at once, the rest once :attr:`gate` is set."""
 
@@ -208,15 +210,11 @@ class _GatedMirror:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
     def close(self) -> None:
         self.gate.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()
 
 
 def test_download_in_the_background_then_used(monkeypatch, tmp_path):
