@@ -9,7 +9,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+
+#: ``MODEL.PIXEL_MEAN`` (BGR) of the model-zoo configs; ``PIXEL_STD`` is 1.
+PIXEL_MEAN_BGR = (103.53, 116.28, 123.675)
+
+
+def resized_input_uint8(batch) -> np.ndarray:
+    """Image 0 of a segfpn ``ImageBatch`` normalised with detectron2's settings (BGR, mean
+    subtracted, std 1) turned back into the resized RGB uint8 image detectron2 fed its network
+    (the fixtures' ``resized_<case>.png``), padding cut off."""
+    mean = torch.tensor(PIXEL_MEAN_BGR)[:, None, None]
+    h, w = batch.image_sizes[0]
+    return (batch.tensor[0, :, :h, :w] + mean).flip(0).permute(1, 2, 0).round().byte().numpy()
 
 
 def output_shape(old_h: int, old_w: int, short_edge_length: int, max_size: int) -> tuple[int, int]:

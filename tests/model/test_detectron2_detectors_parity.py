@@ -53,10 +53,7 @@ def check_resize(batch, ref, name):
     assert batch.padded_size == tuple(ref["padded_hw"])
     # The fixtures' resized_<case>.png are byte-identical to d2_mini's (same photos, same resize).
     resized = np.asarray(Image.open(D2_MINI / f"resized_{name}.png"))
-    mean = torch.tensor([103.53, 116.28, 123.675])[:, None, None]
-    h, w = batch.image_sizes[0]
-    ours = (batch.tensor[0, :, :h, :w] + mean).flip(0).permute(1, 2, 0).round().byte().numpy()
-    assert np.array_equal(ours, resized)
+    assert np.array_equal(detectron2_rules.resized_input_uint8(batch), resized)
 
 
 def assert_boxes_close(ours: np.ndarray, ref: np.ndarray, *, atol: float = 1e-2, rtol: float = 2e-5):

@@ -63,11 +63,7 @@ def test_resize_and_padding(case):
     assert batch.image_sizes[0] == tuple(ref["resized_hw"])
     assert batch.padded_size == tuple(ref["padded_hw"])
     resized = np.asarray(Image.open(D2_MINI / f"resized_{name}.png"))
-    # Undo our normalisation (BGR, mean subtracted) to get the resized uint8 image back.
-    mean = torch.tensor([103.53, 116.28, 123.675])[:, None, None]
-    h, w = batch.image_sizes[0]
-    ours = (batch.tensor[0, :, :h, :w] + mean).flip(0).permute(1, 2, 0).round().byte().numpy()
-    assert np.array_equal(ours, resized)
+    assert np.array_equal(detectron2_rules.resized_input_uint8(batch), resized)
 
 
 def test_pyramid_features(case):
